@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# torch 2.13.0 is a CPU wheel on this machine's disk; a plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check hf_gpt recipes tests bench
+
+# The main job on the embedded default (no download, no ../shared): see hf_gpt/demo.py.
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m hf_gpt.demo $(if $(DATA),--data $(DATA),) $(DEMO_ARGS)
+
+bench: setup
+	$(BIN)/python bench/model_bench.py
+
+clean:
+	rm -rf runs .pytest_cache

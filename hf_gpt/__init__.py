@@ -1,0 +1,50 @@
+"""hf_gpt: train your own GPT end to end (BPE → pretraining → SFT → reward model → PPO) as a Hugging Face model.
+
+Importing the package registers the model with transformers' Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_hf_gpt import HfGptConfig
+from .modeling_hf_gpt import (
+    DecoderBlock,
+    FeedForward,
+    HfGptForCausalLM,
+    HfGptForSequenceClassification,
+    HfGptModel,
+    HfGptPreTrainedModel,
+    MultiHeadAttention,
+    scaled_dot_product_attention,
+    sinusoidal_position_encoding,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(HfGptConfig.model_type, HfGptConfig, exist_ok=True)
+for _auto, _cls in (
+    (AutoModel, HfGptModel),
+    (AutoModelForCausalLM, HfGptForCausalLM),
+    (AutoModelForSequenceClassification, HfGptForSequenceClassification),
+):
+    _auto.register(HfGptConfig, _cls, exist_ok=True)
+    # Makes save_pretrained copy the code files next to the weights, for trust_remote_code loading.
+    _cls.register_for_auto_class(_auto.__name__)
+HfGptConfig.register_for_auto_class()
+
+__all__ = [
+    "HfGptConfig",
+    "HfGptModel",
+    "HfGptPreTrainedModel",
+    "HfGptForCausalLM",
+    "HfGptForSequenceClassification",
+    "DecoderBlock",
+    "FeedForward",
+    "MultiHeadAttention",
+    "scaled_dot_product_attention",
+    "sinusoidal_position_encoding",
+]

@@ -1,0 +1,125 @@
+"""Pretraining data: documents → token ids → one stream with eos between documents → blocks of the context length.
+
+Design choices:
+- Local .txt / .jsonl / .json / .parquet / .csv files, or a Hub dataset name, all through `datasets.load_dataset`
+  (so tokenisation is cached by `datasets` and large corpora can stream).
+- A .txt file is read as one stream with its line breaks kept, exactly as nanoGPT reads it.
+- Packing carries the remainder of each document over to the next block, so no token is lost or duplicated except
+  the final partial block; the validation split is the tail of the stream (like nanoGPT's 90/10 split) unless the
+  dataset has its own.
+"""
+
+import codecs
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def check_text_file(path: Path) -> None:
+    """Fail early, in one line, on a missing, empty or non-UTF-8 file (instead of deep inside `datasets`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file not found: {path}. Check the path in dataset_name / data_files.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Data file is empty: {path}. Give it some text.")
+    if path.suffix in (".parquet",):
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path} is not valid UTF-8 (byte {offset + err.start}): convert it first, "
+                    f"e.g. `iconv -f cp949 -t utf-8 {path.name} > fixed{path.suffix}`."
+                ) from None
+            offset += len(chunk)
+
+
+def load_documents(
+    data_files: list[str] | None = None,
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    text_column: str = "text",
+    streaming: bool = False,
+) -> DatasetDict | dict[str, IterableDataset]:
+    """Load raw documents with `datasets`: local files (checked first) or a Hub dataset name."""
+    if bool(data_files) == bool(dataset_name):
+        raise ValueError("Give exactly one of data_files (local .txt/.jsonl/.parquet files) or dataset_name (Hub).")
+    if data_files:
+        paths = [Path(p) for p in data_files]
+        for path in paths:
+            check_text_file(path)
+        suffixes = {p.suffix for p in paths}
+        if len(suffixes) != 1 or (suffix := suffixes.pop()) not in BUILDERS:
+            raise ValueError(f"data_files must share one of the types {', '.join(BUILDERS)}; got {data_files}.")
+        extra = {"sample_by": "document", "keep_linebreaks": True} if suffix == ".txt" else {}
+        raw = load_dataset(BUILDERS[suffix], data_files=[str(p) for p in paths], streaming=streaming, **extra)
+    else:
+        raw = load_dataset(dataset_name, dataset_config, streaming=streaming)
+    for split, ds in raw.items():
+        columns = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
+        if text_column not in columns:
+            raise ValueError(
+                f"The {split} split has no column {text_column!r} (it has {columns}): set text_column to one of them."
+            )
+    return raw
+
+
+def pack_into_blocks(token_lists: Iterable[list[int]], block_size: int, eos_token_id: int) -> Iterator[list[int]]:
+    """Concatenate documents, each followed by eos, and cut the stream into blocks of block_size tokens."""
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        buffer.append(eos_token_id)
+        while len(buffer) >= block_size:
+            yield buffer[:block_size]
+            buffer = buffer[block_size:]
+
+
+def _blocks(dataset: Dataset | IterableDataset, block_size: int, eos_token_id: int) -> Iterator[dict]:
+    for block in pack_into_blocks((row["input_ids"] for row in dataset), block_size, eos_token_id):
+        yield {"input_ids": block}
+
+
+def build_lm_datasets(
+    raw: DatasetDict | dict[str, IterableDataset],
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    text_column: str = "text",
+    validation_fraction: float = 0.1,
+    num_proc: int | None = None,
+) -> tuple[Dataset | IterableDataset, Dataset | None]:
+    """Tokenise (cached by `datasets`), pack into blocks, and hold out a validation split."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos token: documents are joined with eos. Train it with hf_gpt.")
+
+    def tokenize(batch: dict) -> dict:
+        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]}
+
+    streaming = isinstance(next(iter(raw.values())), IterableDataset)
+    packed = {}
+    for split, ds in raw.items():
+        extra = {} if streaming else {"num_proc": num_proc, "desc": f"Tokenizing {split}"}
+        tokens = ds.map(tokenize, batched=True, remove_columns=ds.column_names, **extra)
+        gen_kwargs = {"dataset": tokens, "block_size": block_size, "eos_token_id": tokenizer.eos_token_id}
+        builder = IterableDataset if streaming else Dataset
+        packed[split] = builder.from_generator(_blocks, gen_kwargs=gen_kwargs)
+    train = packed["train"]
+    validation = packed.get("validation", packed.get("test"))
+    if validation is None and not streaming:
+        n_val = max(1, round(len(train) * validation_fraction)) if validation_fraction > 0 else 0
+        if n_val >= len(train):
+            raise ValueError(
+                f"Only {len(train)} blocks of {block_size} tokens: too little text for a validation split. "
+                "Add text or lower block_size."
+            )
+        train, validation = train.select(range(len(train) - n_val)), train.select(range(len(train) - n_val, len(train)))
+    if not streaming and len(train) == 0:
+        raise ValueError(f"The text gives no full block of {block_size} tokens: add text or lower block_size.")
+    return train, validation

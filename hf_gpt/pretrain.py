@@ -1,0 +1,282 @@
+"""Stage 1, pretraining: next-token cross-entropy over every position, computed in parallel under the causal mask.
+
+Design choices:
+- transformers' `Trainer` does the loop, so checkpoints (safetensors weights, optimizer, scheduler, RNG, data
+  position), resume, Accelerate/DDP/FSDP/DeepSpeed and logging come from the library, not from us.
+- Evaluation reports bits per byte (total NLL in bits / total UTF-8 bytes of the text): unlike loss per token it
+  does not depend on the tokenizer, so runs with different vocabularies compare.
+- `PretrainConfig` is `TrainingArguments` plus the data and model-shape fields, every one settable from YAML.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_hf_gpt import HfGptConfig
+from .data import build_lm_datasets, load_documents
+from .modeling_hf_gpt import HfGptForCausalLM
+from .tokenizer import special_token_ids, train_tokenizer
+
+
+@dataclass
+class PretrainConfig(TrainingArguments):
+    """TrainingArguments with pretraining defaults, plus data, tokenizer and model-shape fields."""
+
+    # Data
+    data_files: list[str] | None = field(default=None, metadata={"help": "Local .txt/.jsonl/.parquet files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (load_dataset)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
+    streaming: bool = field(default=False, metadata={"help": "Stream a corpus too big for the disk cache."})
+    validation_fraction: float = field(default=0.1, metadata={"help": "Tail of the stream held out for eval."})
+    block_size: int = field(default=256, metadata={"help": "Tokens per training sequence (the context)."})
+    # Tokenizer
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "A trained tokenizer; if unset, a byte-level BPE is trained on the data."})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size when training a tokenizer."})
+    # Model
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue from a saved hf_gpt folder or Hub id instead of a fresh model."})
+    n_layer: int = field(default=4, metadata={"help": "Decoder blocks."})
+    n_head: int = field(default=4, metadata={"help": "Attention heads."})
+    n_embd: int = field(default=256, metadata={"help": "Model width d_model."})
+    max_position_embeddings: int | None = field(default=None, metadata={"help": "Context limit (default block_size)."})
+    position_embedding_type: str = field(default="sinusoidal", metadata={"help": "sinusoidal, learned or rope."})
+    sinusoidal_base: float = field(default=10000.0, metadata={"help": "n in sin(k / n^(2i/d))."})
+    norm_position: str = field(default="pre", metadata={"help": "pre (GPT-2) or post (original Transformer)."})
+    hidden_act: str = field(default="gelu", metadata={"help": "Feed-forward activation: gelu, relu, ..."})
+    dropout: float = field(default=0.0, metadata={"help": "Embedding, attention and residual dropout."})
+    # Logging
+    sample_prompts: list[str] = field(default_factory=lambda: ["\n"], metadata={"help": "Continued at each eval."})
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "Length of each logged sample."})
+    # Defaults that differ from TrainingArguments' (set explicitly: see the issue's traps).
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (int) or fraction (<1)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
+    eval_steps: float | None = field(default=100, metadata={"help": "Evaluate every N steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, none...)."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (GPUs)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get gradients."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every process."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_position_embeddings is None:
+            self.max_position_embeddings = self.block_size
+        if self.block_size > self.max_position_embeddings:
+            raise ValueError(
+                f"block_size={self.block_size} is larger than max_position_embeddings={self.max_position_embeddings}: "
+                "lower block_size or raise max_position_embeddings."
+            )
+
+
+def load_or_train_tokenizer(args: PretrainConfig, raw_documents) -> PreTrainedTokenizerBase:
+    if args.tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, trust_remote_code=True)
+    if args.model_name_or_path:
+        return AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    texts = (row[args.text_column] for row in raw_documents["train"])
+    return train_tokenizer(texts, vocab_size=args.vocab_size, model_max_length=args.max_position_embeddings)
+
+
+def build_model(args: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> HfGptForCausalLM:
+    if args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    else:
+        config = HfGptConfig(
+            vocab_size=len(tokenizer),
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            max_position_embeddings=args.max_position_embeddings,
+            position_embedding_type=args.position_embedding_type,
+            sinusoidal_base=args.sinusoidal_base,
+            norm_position=args.norm_position,
+            hidden_act=args.hidden_act,
+            embedding_dropout=args.dropout,
+            attention_dropout=args.dropout,
+            hidden_dropout=args.dropout,
+            **special_token_ids(tokenizer),
+        )
+        model = HfGptForCausalLM(config)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}: "
+            "use the tokenizer the model was trained with, or a new model sized to this tokenizer."
+        )
+    if args.block_size > model.config.max_position_embeddings:
+        raise ValueError(
+            f"block_size={args.block_size} is larger than the model's max_position_embeddings="
+            f"{model.config.max_position_embeddings}: lower block_size."
+        )
+    return model
+
+
+# ---------------------------------------------------------------- bits per byte
+
+
+def token_byte_lengths(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """UTF-8 bytes each token stands for; special tokens stand for none. Byte-level BPE: one symbol per byte."""
+    lengths = np.zeros(len(tokenizer), dtype=np.int64)
+    special = set(tokenizer.all_special_ids)
+    for token, idx in tokenizer.get_vocab().items():
+        if idx not in special:
+            lengths[idx] = len(token)
+    return lengths
+
+
+def per_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log p(token_{t+1} | tokens_≤t) for every position: (B, T-1), 0 where the label is ignored (-100)."""
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return nll.masked_fill(targets == -100, 0.0)
+
+
+def bits_per_byte(nll: np.ndarray, targets: np.ndarray, byte_lengths: np.ndarray) -> float:
+    """bpb = Σ NLL (nats) / (ln 2 · Σ bytes), over target tokens that stand for text (not eos/pad)."""
+    nbytes = np.where(targets >= 0, byte_lengths[np.clip(targets, 0, None)], 0)
+    return float((nll * (nbytes > 0)).sum() / (math.log(2) * nbytes.sum()))
+
+
+def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
+    byte_lengths = token_byte_lengths(tokenizer)
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        nll, targets = prediction.predictions, prediction.label_ids[:, 1:]
+        counted = targets != -100
+        mean_nll = float(nll[counted].mean())
+        return {"perplexity": math.exp(mean_nll), "bpb": bits_per_byte(nll, targets, byte_lengths)}
+
+    return compute_metrics
+
+
+# ---------------------------------------------------------------- trainer and callbacks
+
+
+class PretrainTrainer(Trainer):
+    """Trainer that also logs tokens/s at every logging step."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now, step = time.perf_counter(), self.state.global_step
+            last_time, last_step = getattr(self, "_speed_mark", (None, 0))
+            if last_time is not None and step > last_step:
+                a = self.args
+                tokens = (step - last_step) * a.train_batch_size * a.gradient_accumulation_steps * a.world_size
+                logs["tokens_per_second"] = round(tokens * a.block_size / (now - last_time), 1)
+            self._speed_mark = (now, step)
+        super().log(logs, start_time)
+
+
+class SampleCallback(TrainerCallback):
+    """Continue a few prompts at every evaluation, so progress is visible as text, not only as numbers."""
+
+    def on_evaluate(self, args: PretrainConfig, state, control, model=None, processing_class=None, **kwargs):
+        if not state.is_world_process_zero or model is None or processing_class is None:
+            return
+        samples = sample_continuations(model, processing_class, args.sample_prompts, args.sample_max_new_tokens)
+        with open(Path(args.output_dir) / "samples.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## step {state.global_step}\n\n")
+            for prompt, text in zip(args.sample_prompts, samples):
+                f.write(f"- {prompt!r} → {text!r}\n")
+        print(f"[step {state.global_step}] sample: {args.sample_prompts[0]!r} → {samples[0]!r}")
+
+
+@torch.no_grad()
+def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[str]:
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    outputs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        room = model.config.max_position_embeddings - ids.shape[1]
+        out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=True, temperature=0.8,
+                             top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
+        outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    model.train(was_training)
+    return outputs
+
+
+def plot_curves(log_history: list[dict], path: Path) -> None:
+    """Train/val loss and val bits-per-byte against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    bpb = [(h["step"], h["eval_bpb"]) for h in log_history if "eval_bpb" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "train loss"), (val, "val loss")):
+        if points:
+            ax.plot(*zip(*points), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    if bpb:
+        twin = ax.twinx()
+        twin.plot(*zip(*bpb), "g--", label="val bpb")
+        twin.set_ylabel("bits per byte")
+        twin.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.set_title("Pretraining")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
+             callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
+    """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
+    raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
+    tokenizer = load_or_train_tokenizer(args, raw)
+    model = build_model(args, tokenizer)
+    with args.main_process_first(desc="tokenize and pack"):
+        train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
+                                              args.validation_fraction)
+    trainer = PretrainTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = ids; the model shifts
+        compute_metrics=make_compute_metrics(tokenizer),
+        preprocess_logits_for_metrics=per_token_nll,
+        callbacks=[SampleCallback(), *(callbacks or [])],
+    )
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = get_last_checkpoint(args.output_dir)  # None on a fresh run: start from scratch
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if validation is not None:
+        trainer.evaluate()
+    trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
+    if trainer.is_world_process_zero():
+        plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
+    return trainer

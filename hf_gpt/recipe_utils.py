@@ -1,0 +1,36 @@
+"""What every recipe script shares: YAML + flags parsing (TRL's TrlParser), presets by name, one-line errors."""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from trl import TrlParser
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+
+
+def resolve_config(value: str, stage: str, config_dir: Path = CONFIG_DIR) -> str:
+    """`--config` takes a YAML path or a preset name: `shakespeare` → recipes/configs/<stage>_shakespeare.yaml."""
+    if Path(value).is_file():
+        return value
+    candidate = config_dir / f"{stage}_{value}.yaml"
+    if candidate.is_file():
+        return str(candidate)
+    presets = sorted(p.stem.removeprefix(f"{stage}_") for p in config_dir.glob(f"{stage}_*.yaml"))
+    raise ValueError(f"Unknown {stage} config {value!r}: give a YAML file or one of the presets: {', '.join(presets)}.")
+
+
+def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None = None) -> tuple:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        i = argv.index("--config") + 1
+        argv[i] = resolve_config(argv[i], stage)
+    return TrlParser(dataclass_types).parse_args_and_config(argv)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a recipe; bad input (a missing file, a wrong value) ends with one clear line instead of a traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
