@@ -289,7 +289,9 @@ class HfGptModel(HfGptPreTrainedModel):
             position_ids=position_ids,
         )
         additive_pe, rotary = self.embed_positions_of(position_ids, inputs_embeds.dtype)
-        hidden_states = inputs_embeds * self.embedding_scale  # as Gemma: also for inputs_embeds given directly
+        hidden_states = inputs_embeds
+        if self.embedding_scale != 1.0:  # as Gemma: also for inputs_embeds given directly
+            hidden_states = hidden_states * self.embedding_scale
         if additive_pe is not None:
             hidden_states = hidden_states + additive_pe
         hidden_states = self.dropout(hidden_states)

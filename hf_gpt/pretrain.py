@@ -24,12 +24,14 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
 from .modeling_hf_gpt import HfGptForCausalLM
+from .recipe_utils import multi_process_on_cpu
 from .tokenizer import special_token_ids, train_tokenizer
 
 
@@ -79,11 +81,11 @@ class PretrainConfig(TrainingArguments):
     report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, none...)."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (GPUs)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (saves memory)."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get gradients."})
-    dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every process."})
 
     def __post_init__(self):
+        self.use_cpu = self.use_cpu or multi_process_on_cpu()
         super().__post_init__()
         if self.max_position_embeddings is None:
             self.max_position_embeddings = self.block_size
@@ -254,6 +256,7 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
 def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
+    set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
     raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
     tokenizer = load_or_train_tokenizer(args, raw)
     model = build_model(args, tokenizer)
@@ -274,8 +277,9 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
     if resume_from_checkpoint is True:
         resume_from_checkpoint = get_last_checkpoint(args.output_dir)  # None on a fresh run: start from scratch
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    if validation is not None:
-        trainer.evaluate()
+    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
+    if validation is not None and not ("eval_loss" in last and last.get("step") == trainer.state.global_step):
+        trainer.evaluate()  # unless the last step was an eval step already
     trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
     if trainer.is_world_process_zero():
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")

@@ -1,5 +1,6 @@
 """What every recipe script shares: YAML + flags parsing (TRL's TrlParser), presets by name, one-line errors."""
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,3 +35,11 @@ def run_cli(main: Callable[[], object]) -> None:
         main()
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
+
+
+def multi_process_on_cpu() -> bool:
+    """True under torchrun / accelerate with several processes and no accelerator: Trainer then needs use_cpu=True,
+    or every process silently trains alone (transformers only builds a gloo process group for use_cpu)."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()

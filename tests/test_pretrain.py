@@ -1,0 +1,236 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_data, tiny_config
+from transformers import EvalPrediction
+
+from hf_gpt import HfGptForCausalLM
+from hf_gpt.data import build_lm_datasets, load_documents, pack_into_blocks
+from hf_gpt.pretrain import (
+    PretrainConfig,
+    bits_per_byte,
+    build_model,
+    make_compute_metrics,
+    per_token_nll,
+    token_byte_lengths,
+)
+from hf_gpt.recipe_utils import resolve_config
+from hf_gpt.tokenizer import special_token_ids
+
+DRIVER = Path(__file__).with_name("pretrain_driver.py")
+
+
+def test_pack_into_blocks_keeps_every_token():
+    docs = [[10, 11, 12], [20, 21], [30, 31, 32, 33, 34], [40]]
+    blocks = list(pack_into_blocks(docs, block_size=4, eos_token_id=1))
+    assert blocks == [[10, 11, 12, 1], [20, 21, 1, 30], [31, 32, 33, 34]]  # eos after each document
+    stream = [t for d in docs for t in (*d, 1)]  # 15 tokens: 3 full blocks, remainder 3 dropped
+    assert len(blocks) == len(stream) // 4
+    assert [t for b in blocks for t in b] == stream[: len(blocks) * 4]
+    assert all(len(b) == 4 for b in blocks)
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def test_build_lm_datasets_counts_tokens(tokenizer, tmp_path):
+    from pydoc_data.topics import topics
+
+    texts = list(topics.values())[:30]
+    raw = load_documents([str(write_jsonl(tmp_path / "d.jsonl", texts))])
+    train, val = build_lm_datasets(raw, tokenizer, block_size=64, validation_fraction=0.2)
+    stream = [t for text in texts for t in (*tokenizer(text).input_ids, tokenizer.eos_token_id)]
+    n_blocks = len(stream) // 64
+    assert len(train) + len(val) == n_blocks and len(val) == round(n_blocks * 0.2)
+    packed = [t for ds in (train, val) for row in ds for t in row["input_ids"]]
+    assert packed == stream[: n_blocks * 64]  # validation is the tail of the stream, nothing lost or repeated
+
+
+def test_txt_file_is_one_stream_with_line_breaks(tokenizer, tmp_path):
+    path = tmp_path / "t.txt"
+    text = "First line.\nSecond line.\n\nThird.\n" * 40
+    path.write_text(text, encoding="utf-8")
+    train, val = build_lm_datasets(load_documents([str(path)]), tokenizer, block_size=16, validation_fraction=0.1)
+    ids = [t for ds in (train, val) for row in ds for t in row["input_ids"]]
+    assert tokenizer.decode(ids) == tokenizer.decode(tokenizer(text).input_ids[: len(ids)])
+    assert tokenizer.eos_token_id not in ids[:-1]
+
+
+def test_bits_per_byte_matches_hand_computation(tokenizer):
+    torch.manual_seed(0)
+    model = HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), **special_token_ids(tokenizer))).eval()
+    texts = ["The assert statement is a debugging aid.", "Assignment statements (re)bind names."]
+    ids = torch.tensor([tokenizer(t).input_ids[:8] + [tokenizer.eos_token_id] for t in texts])
+    with torch.no_grad():
+        logits = model(ids).logits
+    # By hand: -log p of each next token, summed, over the UTF-8 bytes those tokens spell (eos spells none).
+    log_probs = torch.log_softmax(logits, -1)
+    total_nll, total_bytes = 0.0, 0
+    for row in range(2):
+        for t in range(ids.shape[1] - 1):
+            target = ids[row, t + 1].item()
+            if target == tokenizer.eos_token_id:
+                continue
+            total_nll -= log_probs[row, t, target].item()
+            total_bytes += len(tokenizer.decode([target]).encode("utf-8"))
+    expected = total_nll / math.log(2) / total_bytes
+    nll = per_token_nll(logits, ids).numpy()
+    assert bits_per_byte(nll, ids[:, 1:].numpy(), token_byte_lengths(tokenizer)) == pytest.approx(expected, rel=1e-5)
+    metrics = make_compute_metrics(tokenizer)(EvalPrediction(predictions=nll, label_ids=ids.numpy()))
+    assert metrics["bpb"] == pytest.approx(expected, rel=1e-5)
+    mean_nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    assert metrics["perplexity"] == pytest.approx(math.exp(mean_nll.item()), rel=1e-5)
+
+
+def test_token_byte_lengths_for_multibyte_text(tokenizer):
+    lengths = token_byte_lengths(tokenizer)
+    text = "대한민국 😀 tabs\t"
+    assert lengths[np.array(tokenizer(text).input_ids)].sum() == len(text.encode("utf-8"))
+    assert lengths[tokenizer.eos_token_id] == lengths[tokenizer.pad_token_id] == 0
+
+
+def run_driver(out: Path, data: Path, tok: Path, batch: int, kill: int | None = None, nproc: int = 1):
+    cmd = [sys.executable, str(DRIVER), str(out), str(data), str(tok), str(batch)] + ([str(kill)] if kill else [])
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *cmd[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def losses(out: Path, key: str = "eval_loss") -> tuple[dict[int, float], float]:
+    history = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    train = {h["step"]: h["loss"] for h in history if "loss" in h}
+    final_eval = [h[key] for h in history if key in h][-1]
+    return train, final_eval
+
+
+@pytest.fixture(scope="module")
+def driver_inputs(tmp_path_factory, tokenizer):
+    from pydoc_data.topics import topics
+
+    folder = tmp_path_factory.mktemp("driver")
+    tokenizer.save_pretrained(folder / "tok")
+    data = write_jsonl(folder / "docs.jsonl", list(topics.values())[:40])
+    return folder, data, folder / "tok"
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs):
+    folder, data, tok = driver_inputs
+    reference = run_driver(folder / "ref", data, tok, batch=8)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = run_driver(folder / "killed", data, tok, batch=8, kill=8)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (folder / "killed" / "checkpoint-8").is_dir() and not (folder / "killed" / "checkpoint-12").exists()
+    resumed = run_driver(folder / "killed", data, tok, batch=8)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (ref_train, ref_eval), (res_train, res_eval) = losses(folder / "ref"), losses(folder / "killed")
+    for step in range(9, 13):
+        assert res_train[step] == pytest.approx(ref_train[step], abs=1e-6), step
+    assert res_eval == pytest.approx(ref_eval, abs=1e-6)
+    assert (folder / "killed" / "model.safetensors").exists() and (folder / "killed" / "curves.png").exists()
+
+
+def test_two_processes_match_one_with_same_global_batch(driver_inputs):
+    folder, data, tok = driver_inputs
+    one = run_driver(folder / "one", data, tok, batch=8)
+    two = run_driver(folder / "two", data, tok, batch=4, nproc=2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("[step 12] sample") == 1  # one logging process, not two independent runs
+    # Val bpb and perplexity are token-weighted over the gathered, de-duplicated eval set, so they must agree;
+    # Trainer's own eval_loss averages batch means that include DDP's padding duplicates, so it drifts slightly.
+    (one_train, one_bpb), (two_train, two_bpb) = losses(folder / "one", "eval_bpb"), losses(folder / "two", "eval_bpb")
+    assert one_train.keys() == two_train.keys()
+    for step in one_train:
+        assert two_train[step] == pytest.approx(one_train[step], abs=2e-3), step
+    assert two_bpb == pytest.approx(one_bpb, rel=1e-5)
+    assert losses(folder / "two", "eval_perplexity")[1] == pytest.approx(
+        losses(folder / "one", "eval_perplexity")[1], rel=1e-5)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_missing_empty_and_non_utf8_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_documents([str(tmp_path / "nope.txt")])
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_documents([str(tmp_path / "empty.txt")])
+    (tmp_path / "korean.txt").write_bytes("안녕하세요".encode("cp949"))
+    with pytest.raises(ValueError, match="korean.txt is not valid UTF-8 .*iconv"):
+        load_documents([str(tmp_path / "korean.txt")])
+
+
+def test_missing_text_column(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"body": "hello"}\n')
+    with pytest.raises(ValueError, match=r"no column 'text' \(it has \['body'\]\)"):
+        load_documents([str(path)])
+    assert load_documents([str(path)], text_column="body")["train"][0]["body"] == "hello"
+
+
+def test_block_size_and_vocab_checks(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="block_size=128 is larger than max_position_embeddings=64"):
+        PretrainConfig(output_dir=str(tmp_path), block_size=128, max_position_embeddings=64)
+    small = HfGptForCausalLM(tiny_config(vocab_size=300))
+    small.save_pretrained(tmp_path / "small")
+    args = PretrainConfig(output_dir=str(tmp_path), model_name_or_path=str(tmp_path / "small"), block_size=32)
+    with pytest.raises(ValueError, match="tokenizer has 600 tokens but the model's vocab_size is 300"):
+        build_model(args, tokenizer)
+
+
+def test_unknown_preset_lists_the_presets():
+    assert resolve_config("tiny", "pretrain").endswith("pretrain_tiny.yaml")
+    with pytest.raises(ValueError, match="Unknown pretrain config 'tiniest'.*shakespeare.*tiny"):
+        resolve_config("tiniest", "pretrain")
+
+
+def test_recipe_bad_input_is_one_line(tmp_path):
+    recipe = Path(__file__).parents[1] / "recipes" / "pretrain.py"
+    result = subprocess.run([sys.executable, str(recipe), "--config", "tiny", "--data_files", "missing.txt",
+                             "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Data file not found: missing.txt. Check the path in dataset_name / data_files.")
+
+
+def test_tiny_preset_on_shakespeare_lowers_val_loss(tmp_path):
+    shared_data("tinyshakespeare/input.txt")
+    recipe = Path(__file__).parents[1] / "recipes" / "pretrain.py"
+    result = subprocess.run([sys.executable, str(recipe), "--config", "tiny", "--output_dir", str(tmp_path),
+                             "--disable_tqdm", "true"], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = json.loads((tmp_path / "checkpoint-20" / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_bpb" in h]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    from transformers import AutoModelForCausalLM
+
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), HfGptForCausalLM)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["single_device", "multi_cpu", "multi_gpu", "fsdp", "zero2", "zero3"])
+def test_accelerate_configs_parse(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml"))
+    expected = {"single_device": "NO", "multi_cpu": "MULTI_CPU", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP",
+                "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}[name]
+    assert str(config.distributed_type).endswith(expected)
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "DecoderBlock"
