@@ -1,0 +1,432 @@
+"""Stage 3b, PPO with a KL penalty to the SFT model, in TRL 1.x's conventions (TRL removed its PPOTrainer in 1.13).
+
+Four roles: the policy (from SFT, trained), the reference (frozen SFT), the reward (a frozen reward model and/or
+reward functions `f(prompts, completions) -> list[float]`, weighted) and the value model (from the RM, trained).
+Prompts are text or chat messages, as in TRL 1.x trainers; nothing is pre-tokenised by the user.
+
+One PPO step: rollout → score → KL-shaped rewards → GAE → num_ppo_epochs of clipped updates over minibatches.
+The math lives in `ppo_core` as small tested functions; this file wires models, data, Accelerate and logging.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+)
+
+from .ppo_core import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    first_eos_mask,
+    gae,
+    kl_penalized_rewards,
+    kl_per_token,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+)
+from .recipe_utils import multi_process_on_cpu
+from .reward import load_rows, render_for_reward, text_to_messages
+
+RewardFunction = Callable[[list, list[str]], list[float]]
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """PPO hyper-parameters (names as in TRL's last PPOConfig) plus models and data; YAML-configurable."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "SFT policy folder or Hub id."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (optional with "
+                                                                          "reward functions)."})
+    value_model_path: str | None = field(default=None, metadata={"help": "Value model init (default: the RM)."})
+    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl with a prompt column."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset with a prompt column."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to take prompts from."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Text or list of chat messages."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt."})
+    response_length: int = field(default=32, metadata={"help": "Max new tokens per rollout."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (no top-k/top-p)."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches per PPO epoch."})
+    kl_coef: float = field(default=0.05, metadata={"help": "β of the KL penalty (initial β if adaptive)."})
+    kl_estimator: str = field(default="k1", metadata={"help": "k1 or k3."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt β towards target_kl."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target KL (nats per response) for adaptive β."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    missing_eos_penalty: float | None = field(default=1.0, metadata={"help": "Subtracted from scores w/o eos."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
+    sample_every: int = field(default=10, metadata={"help": "Log a table of sample completions every N steps."})
+    output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints and models go."})
+    learning_rate: float = field(default=3e-5, metadata={"help": "Adam learning rate (policy and value)."})
+    max_steps: int = field(default=100, metadata={"help": "PPO steps (one rollout batch each)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rollouts per process per micro-batch."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N PPO steps."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N PPO steps."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or multi_process_on_cpu()
+        super().__post_init__()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rollouts per process per PPO step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+class PolicyAndValue(nn.Module):
+    """One module for Accelerate/DDP, so policy and value train with one optimizer and one backward."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        values = per_token_values(self.value_model, input_ids, attention_mask)
+        return logits, values
+
+
+def per_token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """V(s_t) for every position: the score head applied to every hidden state, not only the last one."""
+    hidden = value_model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return value_model.score(hidden).squeeze(-1)  # (B, T)
+
+
+def disable_dropout(*models: nn.Module) -> None:
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+
+
+def to_messages(prompt, system_prompt: str | None) -> list[dict]:
+    messages = prompt if isinstance(prompt, list) else text_to_messages(prompt)
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], device) -> dict[str, torch.Tensor]:
+    """Chat-template the prompts (ending with the assistant marker) and left-pad them into a batch."""
+    ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(ids):
+        input_ids[row, width - len(seq):] = torch.tensor(seq)
+        attention_mask[row, width - len(seq):] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+class PPOTrainer:
+    """PPO for hf_gpt (or any causal LM + sequence-classification value model with a `.score` head)."""
+
+    def __init__(self, args: PPOConfig, policy: nn.Module, ref_policy: nn.Module, value_model: nn.Module,
+                 processing_class: PreTrainedTokenizerBase, train_dataset: Dataset,
+                 reward_model: nn.Module | None = None, reward_funcs: Sequence[RewardFunction] = ()):
+        if reward_model is None and not reward_funcs:
+            raise ValueError("PPO needs a reward: give reward_model, reward_funcs, or both.")
+        self.args, self.tokenizer = args, processing_class
+        self.reward_model, self.reward_funcs = reward_model, list(reward_funcs)
+        n_sources = int(reward_model is not None) + len(self.reward_funcs)
+        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * n_sources)
+        if len(self.reward_weights) != n_sources:
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {n_sources} reward sources.")
+        if args.prompt_column not in train_dataset.column_names:
+            raise ValueError(f"The prompt data has columns {train_dataset.column_names}; set prompt_column.")
+        self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu)
+        disable_dropout(policy, ref_policy, value_model, *([reward_model] if reward_model else []))
+        self.model = PolicyAndValue(policy, value_model)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate, eps=1e-5,
+                                      weight_decay=args.weight_decay)
+        loader = torch.utils.data.DataLoader(
+            train_dataset, batch_size=args.local_batch_size, shuffle=True, drop_last=True,
+            collate_fn=lambda rows: [to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
+            generator=torch.Generator().manual_seed(args.seed))
+        if len(loader) == 0:
+            raise ValueError(f"{len(train_dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, optimizer, loader)
+        device = self.accelerator.device
+        self.ref_policy = ref_policy.to(device).eval()
+        if reward_model is not None:
+            self.reward_model = reward_model.to(device).eval()
+        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
+            eos_token_id=processing_class.eos_token_id, pad_token_id=processing_class.pad_token_id)
+        self.step, self.log_history = 0, []
+
+    # ---------------------------------------------------------------- rollout and scoring
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[dict]]) -> dict[str, torch.Tensor]:
+        """Sample responses, cut them after the first eos, and compute old logprobs, ref logprobs and values."""
+        policy = self.accelerator.unwrap_model(self.model).policy
+        queries = encode_prompts(self.tokenizer, prompts, self.accelerator.device)
+        context = queries["input_ids"].shape[1]
+        policy.eval()
+        sequences = policy.generate(**queries, generation_config=self.generation_config)
+        responses = sequences[:, context:]
+        if responses.shape[1] < self.args.response_length:  # every row stopped early
+            pad = self.args.response_length - responses.shape[1]
+            responses = nn.functional.pad(responses, (0, pad), value=self.tokenizer.pad_token_id)
+        mask, last_index, contains_eos = first_eos_mask(responses, self.tokenizer.eos_token_id)
+        responses = responses.masked_fill(mask == 0, self.tokenizer.pad_token_id)
+        query_responses = torch.cat([queries["input_ids"], responses], dim=1)
+        attention_mask = torch.cat([queries["attention_mask"], mask], dim=1)
+        logits, values = self.model(query_responses, attention_mask)
+        logprobs = logprobs_from_logits(logits[:, context - 1:-1], responses, self.args.temperature)
+        ref_logits = self.ref_policy(input_ids=query_responses, attention_mask=attention_mask, use_cache=False).logits
+        ref_logprobs = logprobs_from_logits(ref_logits[:, context - 1:-1], responses, self.args.temperature)
+        completions = self.tokenizer.batch_decode(responses * mask + self.tokenizer.pad_token_id * (1 - mask),
+                                                  skip_special_tokens=True)
+        return {"query_responses": query_responses, "attention_mask": attention_mask, "responses": responses,
+                "mask": mask, "last_index": last_index, "contains_eos": contains_eos, "logprobs": logprobs,
+                "ref_logprobs": ref_logprobs, "values": values[:, context - 1:-1],
+                "entropy": masked_mean(entropy_from_logits(logits[:, context - 1:-1], self.args.temperature),
+                                       mask), "completions": completions, "context": context}
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict]], completions: list[str]) -> torch.Tensor:
+        """Weighted sum of the reward sources, one score per completion."""
+        columns = []
+        if self.reward_model is not None:
+            ids = [render_for_reward(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
+            batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.accelerator.device)
+            columns.append(self.reward_model(**batch).logits[:, 0].float())
+        for func in self.reward_funcs:
+            values = func(prompts, completions)
+            name = getattr(func, "__name__", repr(func))
+            if len(values) != len(completions):
+                raise ValueError(f"Reward function {name} returned {len(values)} scores for {len(completions)} "
+                                 "completions: return one float per completion.")
+            scores = torch.tensor([float(v) for v in values], device=self.accelerator.device)
+            if not torch.isfinite(scores).all():
+                raise ValueError(f"Reward function {name} returned NaN or inf: {values}")
+            columns.append(scores)
+        return (torch.stack(columns, dim=1) * self.reward_weights.to(columns[0].device)).sum(dim=1)
+
+    # ---------------------------------------------------------------- one PPO step
+
+    def ppo_step(self, prompts: list[list[dict]]) -> dict[str, float]:
+        args = self.args
+        batch = self.rollout(prompts)
+        mask, context = batch["mask"], batch["context"]
+        scores = self.score(prompts, batch["completions"])
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~batch["contains_eos"]).float()
+        kl = kl_per_token(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator)
+        rewards, non_score = kl_penalized_rewards(scores, kl, mask, batch["last_index"], self.kl_ctl.value)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, keep_mean=False)
+        advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        stats = {"approxkl": [], "clipfrac": [], "pg_loss": [], "vf_loss": [], "vf_clipfrac": [], "ratio": []}
+        self.model.train()
+        n = len(prompts)
+        minibatch = n // args.num_mini_batches
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(n)
+            for start in range(0, n, minibatch):
+                indices = order[start:start + minibatch]
+                for micro in indices.split(args.per_device_train_batch_size):
+                    with self.accelerator.accumulate(self.model):
+                        logits, values = self.model(batch["query_responses"][micro], batch["attention_mask"][micro])
+                        new_logprobs = logprobs_from_logits(logits[:, context - 1:-1], batch["responses"][micro],
+                                                            args.temperature)
+                        pg_loss, pg_stats = clipped_policy_loss(new_logprobs, batch["logprobs"][micro],
+                                                                advantages[micro], mask[micro], args.cliprange)
+                        vf_loss, vf_clipfrac = clipped_value_loss(values[:, context - 1:-1], batch["values"][micro],
+                                                                  returns[micro], mask[micro], args.cliprange_value)
+                        self.accelerator.backward(pg_loss + args.vf_coef * vf_loss)
+                        if self.accelerator.sync_gradients and args.max_grad_norm:
+                            self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    for key, value in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("vf_clipfrac", vf_clipfrac),
+                                       *pg_stats.items()):
+                        stats[key].append(value.detach())
+        kl_sum = (kl * mask).sum(1)
+        mean = lambda x: self.accelerator.gather_for_metrics(x.float().reshape(-1)).mean().item()  # noqa: E731
+        metrics = {
+            "objective/kl": mean(kl_sum),
+            "objective/entropy": mean(batch["entropy"]),
+            "objective/non_score_reward": mean(non_score.sum(1)),
+            "objective/rlhf_reward": mean(scores - self.kl_ctl.value * kl_sum),
+            "objective/scores": mean(scores),
+            "policy/approxkl_avg": mean(torch.stack(stats["approxkl"])),
+            "policy/clipfrac_avg": mean(torch.stack(stats["clipfrac"])),
+            "loss/policy_avg": mean(torch.stack(stats["pg_loss"])),
+            "loss/value_avg": mean(torch.stack(stats["vf_loss"])),
+            "val/clipfrac_avg": mean(torch.stack(stats["vf_clipfrac"])),
+            "val/ratio": mean(torch.stack(stats["ratio"])),
+            "val/num_eos_tokens": self.accelerator.gather_for_metrics(batch["contains_eos"].long()).sum().item(),
+            "beta": self.kl_ctl.value,
+        }
+        if args.adaptive_kl:
+            self.kl_ctl.update(metrics["objective/kl"], n * self.accelerator.num_processes)
+        self._last_samples = list(zip(prompts, batch["completions"], scores.tolist()))
+        return metrics
+
+    # ---------------------------------------------------------------- loop, checkpoints, saving
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
+        args, out = self.args, Path(self.args.output_dir)
+        if resume_from_checkpoint:
+            self._load_checkpoint(resume_from_checkpoint)
+        batches = self._prompt_batches()
+        while self.step < args.max_steps:
+            metrics = self.ppo_step(next(batches))
+            self.step += 1
+            metrics["step"] = self.step
+            self.log_history.append(metrics)
+            if self.accelerator.is_main_process:
+                if self.step % args.logging_steps == 0 or self.step == 1:
+                    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+                if args.sample_every and self.step % args.sample_every == 0:
+                    self._write_samples(out)
+            if args.save_steps and self.step % args.save_steps == 0 and self.step < args.max_steps:
+                self._save_checkpoint()
+        self.save_models()
+        return self.log_history
+
+    def _prompt_batches(self):
+        """An endless stream of prompt batches, reproducible from (seed, step) so a resumed run sees the same data."""
+        consumed = self.step
+        epoch = 0
+        while True:
+            self.loader.set_epoch(epoch) if hasattr(self.loader, "set_epoch") else None
+            for batch in self.loader:
+                if consumed:
+                    consumed -= 1
+                    continue
+                yield batch
+            epoch += 1
+
+    def _save_checkpoint(self) -> None:
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.step}"
+        self.accelerator.save_state(str(folder), safe_serialization=True)
+        if self.accelerator.is_main_process:
+            state = {"step": self.step, "kl_coef": self.kl_ctl.value, "log_history": self.log_history}
+            (folder / "ppo_state.json").write_text(json.dumps(state))
+        self.accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self, checkpoint: str | bool) -> None:
+        if checkpoint is True:
+            found = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            if not found:
+                return
+            checkpoint = found[-1]
+        self.accelerator.load_state(str(checkpoint))
+        state = json.loads((Path(checkpoint) / "ppo_state.json").read_text())
+        self.step, self.kl_ctl.value, self.log_history = state["step"], state["kl_coef"], state["log_history"]
+
+    def _write_samples(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "samples.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## step {self.step}\n\n| prompt | completion | score |\n|---|---|---:|\n")
+            for prompt, completion, score in self._last_samples[:8]:
+                text = prompt[-1]["content"].replace("\n", " ").replace("|", "/")[:80]
+                f.write(f"| {text} | {completion.replace(chr(10), ' ').replace('|', '/')[:120]} | {score:.3f} |\n")
+
+    def save_models(self) -> None:
+        """The policy (with tokenizer and code) in output_dir, the value model in output_dir/value_model, curves."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        out = Path(self.args.output_dir)
+        model = self.accelerator.unwrap_model(self.model)
+        model.policy.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        model.value_model.save_pretrained(out / "value_model")
+        self.tokenizer.save_pretrained(out / "value_model")
+        (out / "ppo_log.json").write_text(json.dumps(self.log_history, indent=1))
+        plot_ppo_curves(self.log_history, out / "ppo_curves.png")
+
+
+def plot_ppo_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(steps, [h["objective/scores"] for h in history], label="score")
+    left.plot(steps, [h["objective/rlhf_reward"] for h in history], label="score − β·KL")
+    left.set_xlabel("PPO step")
+    left.legend()
+    left.set_title("reward")
+    right.plot(steps, [h["objective/kl"] for h in history], color="tab:red")
+    right.set_xlabel("PPO step")
+    right.set_title("KL(π ‖ π_ref) per response (nats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_ppo_models(args: PPOConfig):
+    """Policy and reference from the SFT folder; reward model and value model from the RM folder."""
+    if not args.model_name_or_path:
+        raise ValueError("model_name_or_path is required: the SFT folder or Hub id.")
+    if not (args.reward_model_path or args.value_model_path):
+        raise ValueError("Give reward_model_path (the value model starts from it) or value_model_path.")
+    load = dict(trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **load)
+    policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
+    ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
+    reward_model = (AutoModelForSequenceClassification.from_pretrained(args.reward_model_path, num_labels=1, **load)
+                    if args.reward_model_path else None)
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        args.value_model_path or args.reward_model_path, num_labels=1, **load)
+    return tokenizer, policy, ref_policy, reward_model, value_model
+
+
+def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: PPOConfig, context: int) -> None:
+    for i, row in enumerate(dataset):
+        prompt = to_messages(row[args.prompt_column], args.system_prompt)
+        n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
+        if n + args.response_length > context:
+            raise ValueError(f"Prompt row {i} has {n} tokens; with response_length={args.response_length} that "
+                             f"exceeds the model's context of {context}. Shorten or filter the prompts.")
+
+
+def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] = (),
+        resume_from_checkpoint: str | bool | None = None) -> PPOTrainer:
+    set_seed(args.seed)
+    tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
+    dataset = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
+    trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return trainer
+
+
+__all__ = ["PPOConfig", "PPOTrainer", "ppo"]

@@ -1,0 +1,169 @@
+"""Stage 3a, the reward model: a score head on the SFT model, trained on ranked pairs so r(chosen) > r(rejected).
+
+Loss (Bradley-Terry): -log σ(r(x, y_chosen) - r(x, y_rejected)), through TRL's `RewardTrainer`.
+
+Design choices:
+- The model is `HfGptForSequenceClassification(num_labels=1)` initialised from the SFT folder; its score is read at
+  the last real token, which our chat template makes the eos ending the reply.
+- Pairs are rendered by the chat template (`render_for_reward`), the same text PPO scores later: a reward model
+  that saw one layout in training and another at scoring time would be judging something it never learned.
+"""
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
+from trl import RewardConfig, RewardTrainer
+
+from .data import check_text_file
+from .recipe_utils import multi_process_on_cpu
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardRecipeConfig(RewardConfig):
+    """TRL's RewardConfig plus data fields (every one settable from YAML)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The SFT folder or Hub id."})
+    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl {prompt, chosen, rejected}."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub preference dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    validation_fraction: float = field(default=0.1, metadata={"help": "Pairs held out for pairwise accuracy."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N pairs (quick runs)."})
+    output_dir: str = field(default="runs/reward", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
+    max_length: int | None = field(default=None, metadata={"help": "Context (default: the model's)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
+    eval_steps: float | None = field(default=50, metadata={"help": "Evaluate every N steps."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or multi_process_on_cpu()
+        super().__post_init__()
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def text_to_messages(prompt: str) -> list[dict]:
+    """A prompt as text → chat turns; Anthropic HH transcripts ("\\n\\nHuman: ...\\n\\nAssistant:") keep their turns."""
+    parts = _HH_TURN.split("\n\n" + prompt.lstrip("\n") if prompt.lstrip().startswith("Human:") else prompt)
+    if len(parts) < 3:
+        return [{"role": "user", "content": prompt.strip()}]
+    roles = {"Human": "user", "Assistant": "assistant"}
+    messages = [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
+    if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()  # the open "Assistant:" that the chosen/rejected reply completes
+    return messages
+
+
+def to_preference(row: dict) -> dict:
+    """A {prompt, chosen, rejected} row (text or conversational) → TRL's conversational preference format."""
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in row or row[name] is None:
+            raise ValueError(f"field {name!r} is missing")
+    prompt = row["prompt"] if isinstance(row["prompt"], list) else text_to_messages(row["prompt"])
+    replies = {}
+    for name in ("chosen", "rejected"):
+        value = row[name]
+        text = value[-1]["content"] if isinstance(value, list) else value
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"field {name!r} is empty or not a string")
+        replies[name] = [{"role": "assistant", "content": text.strip()}]
+    if replies["chosen"] == replies["rejected"]:
+        raise ValueError("fields 'chosen' and 'rejected' are identical: the pair ranks nothing")
+    return {"prompt": prompt, **replies}
+
+
+def render_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], reply: str) -> list[int]:
+    """Token ids a reward model scores: prompt + reply through the chat template, ending on the reply's eos."""
+    out = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], return_dict=True)
+    return list(out["input_ids"])
+
+
+def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int
+                        ) -> tuple[Dataset, Counter]:
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The preference data has columns {dataset.column_names}; missing {missing}. "
+                         "Expected {prompt, chosen, rejected}.")
+    rows, report, problems = [], Counter(), []
+    for i, row in enumerate(dataset):
+        try:
+            pair = to_preference(row)
+        except ValueError as err:
+            report["skipped: bad row"] += 1
+            problems.append(f"row {i}: {err}")
+            continue
+        longest = max(len(render_for_reward(tokenizer, pair["prompt"], pair[k][0]["content"]))
+                      for k in ("chosen", "rejected"))
+        if longest > max_length:
+            report["dropped: longer than the context"] += 1
+            problems.append(f"row {i}: {longest} tokens > max_length {max_length}")
+            continue
+        rows.append(pair)
+    report["kept"] = len(rows)
+    for line in problems[:10]:
+        logger.warning("Preference data: %s", line)
+    if not rows:
+        raise ValueError(f"No usable preference pair ({dict(report)}); first problems: {problems[:3]}")
+    return Dataset.from_list(rows), report
+
+
+def load_rows(data_files: list[str] | None, dataset_name: str | None, dataset_config: str | None, split: str,
+              max_rows: int | None) -> Dataset:
+    if bool(data_files) == bool(dataset_name):
+        raise ValueError("Give exactly one of data_files (local .jsonl files) or dataset_name (Hub).")
+    if data_files:
+        for path in data_files:
+            check_text_file(Path(path))
+        suffix = Path(data_files[0]).suffix.lstrip(".")
+        dataset = load_dataset({"jsonl": "json"}.get(suffix, suffix), data_files=list(data_files), split="train")
+    else:
+        dataset = load_dataset(dataset_name, dataset_config, split=split)
+    return dataset.select(range(min(max_rows, len(dataset)))) if max_rows else dataset
+
+
+def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:
+    """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not args.model_name_or_path:
+        raise ValueError("model_name_or_path is required: the SFT folder or Hub id.")
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=1,
+                                                               trust_remote_code=True)
+    if args.max_length is None or args.max_length > model.config.max_position_embeddings:
+        args.max_length = model.config.max_position_embeddings
+    raw = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    pairs, report = prepare_preferences(raw, tokenizer, args.max_length)
+    logger.warning("Preference data: %s", dict(report))
+    train, evaluation = pairs, None
+    if args.validation_fraction > 0 and len(pairs) > 1:
+        split = pairs.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        train, evaluation = split["train"], split["test"]
+    if evaluation is None:
+        args.eval_strategy = "no"  # nothing held out: no eval steps
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                            processing_class=tokenizer)
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    metrics = trainer.evaluate() if evaluation is not None else {}
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
+                   "data": dict(report)}
+        (Path(args.output_dir) / "reward_metrics.json").write_text(json.dumps(summary, indent=2))
+    return trainer

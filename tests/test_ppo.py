@@ -1,0 +1,260 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_data, tiny_config
+from datasets import Dataset
+
+from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
+from hf_gpt.ppo import PPOConfig, PPOTrainer, encode_prompts, per_token_values
+from hf_gpt.ppo_core import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    first_eos_mask,
+    gae,
+    kl_penalized_rewards,
+    kl_per_token,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+)
+from hf_gpt.tokenizer import special_token_ids
+
+# ------------------------------------------------------------------ the math, one function at a time
+
+
+def test_gae_equals_brute_force():
+    torch.manual_seed(0)
+    rewards, values = torch.randn(3, 6), torch.randn(3, 6)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 1 + [0] * 5])
+    gamma, lam = 0.9, 0.8
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    for b in range(3):
+        n = int(mask[b].sum())
+        v = [values[b, t].item() for t in range(n)] + [0.0]  # the episode ends after the last real token
+        deltas = [rewards[b, t].item() + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(6):
+            expected = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t)) if t < n else 0.0
+            assert advantages[b, t].item() == pytest.approx(expected, abs=1e-5)
+            assert returns[b, t].item() == pytest.approx(expected + (v[t] if t < n else 0.0), abs=1e-5)
+
+
+def test_whitening_over_valid_tokens():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7) * 5 + 3
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 3:] = mask[3, 5:] = 0
+    white = masked_whiten(x, mask)
+    valid = white[mask.bool()]
+    assert valid.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert valid.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert torch.all(white[~mask.bool()] == 0)
+    kept = masked_whiten(x, mask, keep_mean=True)[mask.bool()]
+    assert kept.mean().item() == pytest.approx(x[mask.bool()].mean().item(), abs=1e-4)  # the flag does what it says
+
+
+def test_score_lands_at_the_last_response_token():
+    responses = torch.tensor([[5, 6, 1, 2, 2], [5, 6, 7, 8, 9], [1, 2, 2, 2, 2]])  # eos=1, pad=2
+    mask, last, has_eos = first_eos_mask(responses, eos_token_id=1)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert last.tolist() == [2, 4, 0] and has_eos.tolist() == [True, False, True]
+    kl = torch.full((3, 5), 0.5)
+    rewards, non_score = kl_penalized_rewards(torch.tensor([10.0, 20.0, 30.0]), kl, mask, last, kl_coef=0.1)
+    expected = -0.05 * mask.float()
+    expected[0, 2] += 10.0
+    expected[1, 4] += 20.0
+    expected[2, 0] += 30.0
+    torch.testing.assert_close(rewards, expected)
+    torch.testing.assert_close(non_score, -0.05 * mask.float())
+
+
+def test_kl_estimators():
+    lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    torch.testing.assert_close(kl_per_token(lp, ref, "k1"), torch.tensor([[0.5, -1.0]]))
+    r = torch.exp(ref - lp)
+    torch.testing.assert_close(kl_per_token(lp, ref, "k3"), (r - 1) - torch.log(r))
+    assert (kl_per_token(lp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError, match="k1' or 'k3"):
+        kl_per_token(lp, ref, "k2")
+
+
+def test_clipped_losses_by_hand():
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
+    new = torch.log(torch.tensor([[0.8, 0.3, 0.55]]))  # ratios 1.6, 0.6, 1.1
+    adv = torch.tensor([[1.0, -1.0, 2.0]])
+    mask = torch.ones(1, 3)
+    loss, stats = clipped_policy_loss(new, old, adv, mask, cliprange=0.2)
+    # ratio 1.6, A=1: max(-1.6, -1.2) = -1.2 (clipped); ratio 0.6, A=-1: max(0.6, 0.8) = 0.8 (clipped); 1.1: -2.2
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 2.2) / 3, abs=1e-6)
+    assert stats["clipfrac"].item() == pytest.approx(2 / 3)
+    assert stats["ratio"].item() == pytest.approx((1.6 + 0.6 + 1.1) / 3, abs=1e-6)
+    values, old_values, returns = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.4]])
+    vf, vf_clip = clipped_value_loss(values, old_values, returns, torch.ones(1, 2), cliprange_value=0.2)
+    # first: unclipped (1-2)^2=1, clipped (0.7-2)^2=1.69 → 1.69; second: (0-0.4)^2=.16, (0.3-0.4)^2=.01 → .16
+    assert vf.item() == pytest.approx(0.5 * (1.69 + 0.16) / 2, abs=1e-6)
+    assert vf_clip.item() == pytest.approx(0.5)
+
+
+def test_adaptive_kl_controller():
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=100)
+    ctl.update(current_kl=12.0, n_steps=10)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+    ctl.update(current_kl=3.0, n_steps=10)  # error -0.5 → clipped to -0.2
+    assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
+
+
+# ------------------------------------------------------------------ with models
+
+
+def make_models(tokenizer, tmp_path: Path | None = None):
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, **special_token_ids(tokenizer))
+    policy = HfGptForCausalLM(config)
+    ref = HfGptForCausalLM(config)
+    ref.load_state_dict(policy.state_dict())
+    value = HfGptForSequenceClassification(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96,
+                                                       num_labels=1, **special_token_ids(tokenizer)))
+    return policy, ref, value
+
+
+def test_generation_logprobs_equal_forward_logprobs_with_left_padding(tokenizer):
+    policy, _, _ = make_models(tokenizer)
+    policy.eval()
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question here?"}]]
+    batch = encode_prompts(tokenizer, prompts, "cpu")
+    assert (batch["attention_mask"][0] == 0).any()  # really left-padded
+    torch.manual_seed(0)
+    out = policy.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=True, temperature=0.7, top_k=0,
+                          top_p=1.0, output_logits=True, return_dict_in_generate=True, eos_token_id=None,
+                          pad_token_id=tokenizer.pad_token_id)
+    context = batch["input_ids"].shape[1]
+    responses = out.sequences[:, context:]
+    generation_logprobs = logprobs_from_logits(torch.stack(out.logits, 1), responses, 0.7)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(responses)], 1)
+    with torch.no_grad():
+        logits = policy(out.sequences, attention_mask=mask).logits
+    torch.testing.assert_close(logprobs_from_logits(logits[:, context - 1:-1], responses, 0.7), generation_logprobs,
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_per_token_values_end_with_the_pooled_score(tokenizer):
+    _, _, value = make_models(tokenizer)
+    ids = torch.tensor([[5, 6, 7, tokenizer.eos_token_id]])
+    with torch.no_grad():
+        per_token = per_token_values(value, ids, torch.ones_like(ids))
+        torch.testing.assert_close(per_token[:, -1], value(ids).logits[:, 0])
+
+
+def ppo_args(tmp_path, **kw) -> PPOConfig:
+    defaults = dict(output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=8, response_length=8,
+                    max_steps=1, learning_rate=1e-3, num_ppo_epochs=1, save_steps=0, sample_every=0, seed=0,
+                    report_to="none")
+    defaults.update(kw)
+    return PPOConfig(**defaults)
+
+
+def prompts_dataset(n: int = 16) -> Dataset:
+    return Dataset.from_list([{"prompt": f"Say something about number {i}."} for i in range(n)])
+
+
+def test_first_step_ratio_is_one_and_kl_zero(tokenizer, tmp_path):
+    policy, ref, value = make_models(tokenizer)
+    trainer = PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset(),
+                         reward_funcs=[lambda prompts, completions: [0.0] * len(completions)])
+    prompts = next(trainer._prompt_batches())
+    batch = trainer.rollout(prompts)
+    kl = kl_per_token(batch["logprobs"], batch["ref_logprobs"])
+    assert torch.all(kl * batch["mask"] == 0)  # policy == reference
+    metrics = trainer.ppo_step(prompts)  # one epoch, one minibatch: the first micro-step sees ratio ≡ 1
+    assert metrics["val/ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["objective/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["policy/clipfrac_avg"] == 0.0
+
+
+def test_missing_eos_penalty_only_without_eos(tokenizer, tmp_path):
+    policy, ref, value = make_models(tokenizer)
+    trainer = PPOTrainer(ppo_args(tmp_path, missing_eos_penalty=5.0), policy, ref, value, tokenizer,
+                         prompts_dataset(), reward_funcs=[lambda p, c: [1.0] * len(c)])
+    metrics = trainer.ppo_step(next(trainer._prompt_batches()))
+    n_eos = metrics["val/num_eos_tokens"]
+    assert metrics["objective/scores"] == pytest.approx((n_eos * 1.0 + (8 - n_eos) * (1.0 - 5.0)) / 8)
+
+
+@pytest.mark.parametrize("func, message", [
+    (lambda p, c: [0.0], "returned 1 scores for 8 completions"),
+    (lambda p, c: [float("nan")] * len(c), "NaN"),
+])
+def test_bad_reward_function_is_a_clear_error(tokenizer, tmp_path, func, message):
+    policy, ref, value = make_models(tokenizer)
+    trainer = PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[func])
+    with pytest.raises(ValueError, match=message):
+        trainer.ppo_step(next(trainer._prompt_batches()))
+
+
+def test_no_reward_is_a_clear_error(tokenizer, tmp_path):
+    policy, ref, value = make_models(tokenizer)
+    with pytest.raises(ValueError, match="PPO needs a reward"):
+        PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset())
+
+
+def contains_letter_a(prompts, completions):
+    """A verifiable reward: the share of characters that are the letter 'a' (a policy can learn to say 'aaaa')."""
+    return [c.count("a") / max(len(c), 1) for c in completions]
+
+
+def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=40, num_ppo_epochs=2, learning_rate=1e-2, kl_coef=0.02, response_length=6,
+                    temperature=1.0, missing_eos_penalty=None, save_steps=0)
+    trainer = PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(64), reward_funcs=[contains_letter_a])
+    history = trainer.train()
+    first = sum(h["objective/scores"] for h in history[:5]) / 5
+    last = sum(h["objective/scores"] for h in history[-5:]) / 5
+    assert last > first + 0.2, [round(h["objective/scores"], 3) for h in history]
+    assert max(h["objective/kl"] for h in history) < 25.0
+    out = Path(args.output_dir)
+    assert (out / "model.safetensors").exists() and (out / "value_model" / "model.safetensors").exists()
+    assert (out / "ppo_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_and_resume(tokenizer, tmp_path):
+    def run(max_steps, resume):
+        policy, ref, value = make_models(tokenizer)
+        args = ppo_args(tmp_path, max_steps=max_steps, save_steps=2, response_length=4, output_dir=str(tmp_path / "r"))
+        trainer = PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(32), reward_funcs=[contains_letter_a])
+        return trainer.train(resume_from_checkpoint=resume)
+
+    full = run(4, None)
+    # a second run restarted from checkpoint-2 must replay steps 3 and 4 exactly
+    for folder in ("checkpoint-4",):
+        assert not (tmp_path / "r" / folder).exists()
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "value_model")
+    resumed = run(4, str(tmp_path / "r" / "checkpoint-2"))
+    assert [h["step"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], resumed[2:]):
+        assert a["objective/scores"] == pytest.approx(b["objective/scores"], abs=1e-6)
+        assert a["loss/policy_avg"] == pytest.approx(b["loss/policy_avg"], abs=1e-5)
+    assert json.loads((tmp_path / "r" / "checkpoint-2" / "ppo_state.json").read_text())["step"] == 2
+    assert math.isfinite(resumed[-1]["loss/value_avg"])
+
+
+def test_masked_mean_ignores_masked():
+    assert masked_mean(torch.tensor([[1.0, 100.0]]), torch.tensor([[1, 0]])).item() == 1.0
+
+
+def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path):
+    path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
+    from hf_gpt.reward import load_rows
+
+    rows = load_rows([str(path)], None, None, "train", 200)
+    short = rows.filter(lambda r: len(r["prompt"]) < 120).select(range(8))
+    policy, ref, value = make_models(tokenizer)
+    trainer = PPOTrainer(ppo_args(tmp_path, response_length=6), policy, ref, value, tokenizer, short,
+                         reward_model=value)
+    metrics = trainer.ppo_step(next(trainer._prompt_batches()))
+    assert math.isfinite(metrics["objective/scores"]) and math.isfinite(metrics["loss/value_avg"])

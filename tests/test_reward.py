@@ -1,0 +1,120 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_data, tiny_config
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification
+
+from hf_gpt import HfGptForCausalLM
+from hf_gpt.reward import (
+    RewardRecipeConfig,
+    prepare_preferences,
+    render_for_reward,
+    text_to_messages,
+    to_preference,
+    train_reward_model,
+)
+from hf_gpt.tokenizer import special_token_ids
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def base_model(tmp_path: Path, tokenizer, **kw) -> Path:
+    folder = tmp_path / "sft"
+    torch.manual_seed(0)
+    HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, hidden_size=64,
+                                 **special_token_ids(tokenizer), **kw)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hh_transcript_becomes_turns():
+    prompt = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant:"
+    assert text_to_messages(prompt) == [
+        {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "How are you?"}]
+    assert text_to_messages("Plain question?") == [{"role": "user", "content": "Plain question?"}]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "q", "chosen": "a"}, "field 'rejected' is missing"),
+    ({"prompt": "q", "chosen": "", "rejected": "b"}, "field 'chosen' is empty"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, "identical"),
+])
+def test_bad_pairs_name_the_problem(row, message):
+    with pytest.raises(ValueError, match=message):
+        to_preference(row)
+
+
+def test_bad_pairs_are_counted(tokenizer):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "x", "rejected": "x"},
+            {"prompt": "long " * 100, "chosen": "a", "rejected": "b"}]
+    pairs, report = prepare_preferences(Dataset.from_list(rows), tokenizer, max_length=64)
+    assert report == {"kept": 1, "skipped: bad row": 1, "dropped: longer than the context": 1}
+    with pytest.raises(ValueError, match="missing \\['rejected'\\]"):
+        prepare_preferences(Dataset.from_list([{"prompt": "q", "chosen": "a"}]), tokenizer, max_length=64)
+
+
+def parity_pairs(numbers: list[int]) -> list[dict]:
+    rows = []
+    for n in numbers:
+        digits = " ".join(str(n))
+        right, wrong = ("yes", "no") if n % 2 == 0 else ("no", "yes")
+        rows.append({"prompt": f"Is {digits} even?", "chosen": right, "rejected": wrong})
+    return rows
+
+
+def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_path):
+    numbers = random.Random(0).sample(range(100, 1000), 400)
+    data = write_jsonl(tmp_path / "pairs.jsonl", parity_pairs(numbers))
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+                              data_files=[str(data)], validation_fraction=0.25, per_device_train_batch_size=16,
+                              max_steps=120, learning_rate=3e-3, eval_steps=120, save_strategy="no",
+                              disable_tqdm=True, lr_scheduler_type="constant")
+    trainer = train_reward_model(args)
+    metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
+    assert metrics["pairwise_accuracy"] >= 0.9, metrics  # on 100 held-out numbers never seen in training
+    # What RewardTrainer trained on is exactly what PPO will score.
+    row = trainer.train_dataset[0]
+    example = to_preference({"prompt": "Is 4 2 even?", "chosen": "yes", "rejected": "no"})
+    assert row["chosen_ids"][-1] == tokenizer.eos_token_id
+    rendered = render_for_reward(tokenizer, example["prompt"], "yes")
+    tokenized = trainer.processing_class.apply_chat_template(example["prompt"] + example["chosen"],
+                                                             return_dict=True)["input_ids"]
+    assert rendered == list(tokenized)
+    # The saved RM loads as a sequence classifier and ranks a fresh pair.
+    rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    prompt = text_to_messages("Is 7 7 8 even?")
+    with torch.no_grad():
+        good = rm(torch.tensor([render_for_reward(tokenizer, prompt, "yes")])).logits.item()
+        bad = rm(torch.tensor([render_for_reward(tokenizer, prompt, "no")])).logits.item()
+    assert good > bad
+
+
+def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path):
+    rows = [{"prompt": "Human question?", "chosen": " A fine answer.", "rejected": " A rude answer."}] * 4
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+                              data_files=[str(write_jsonl(tmp_path / "p.jsonl", rows))], validation_fraction=0.0,
+                              max_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = train_reward_model(args)
+    row = trainer.train_dataset[0]
+    prompt = text_to_messages("Human question?")
+    assert row["chosen_ids"] == render_for_reward(tokenizer, prompt, "A fine answer.")
+    assert row["rejected_ids"] == render_for_reward(tokenizer, prompt, "A rude answer.")
+
+
+def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path):
+    path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+                              data_files=[str(path)], max_rows=64, validation_fraction=0.25, max_steps=4,
+                              per_device_train_batch_size=4, eval_steps=4, save_strategy="no", disable_tqdm=True)
+    train_reward_model(args)
+    metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
+    assert metrics["data"]["kept"] + metrics["data"].get("dropped: longer than the context", 0) == 64
+    assert 0.0 <= metrics["pairwise_accuracy"] <= 1.0

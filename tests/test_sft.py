@@ -1,0 +1,171 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_data, tiny_config
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+from hf_gpt import HfGptForCausalLM
+from hf_gpt.sft import SFTRecipeConfig, build_sft_trainer, prepare_sft_dataset, sample_answers, sft, to_conversation
+from hf_gpt.tokenizer import special_token_ids
+
+MULTI_TURN = {"messages": [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6"},
+]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def config(tmp_path, data: Path, model: Path, **kw) -> SFTRecipeConfig:
+    defaults = dict(output_dir=str(tmp_path / "out"), model_name_or_path=str(model), data_files=[str(data)],
+                    per_device_train_batch_size=4, max_steps=2, eval_strategy="no", save_strategy="no",
+                    validation_fraction=0.0, report_to="none", disable_tqdm=True, dataset_num_proc=None)
+    defaults.update(kw)
+    return SFTRecipeConfig(**defaults)
+
+
+def test_layouts_become_conversations():
+    alpaca = to_conversation({"instruction": "Add", "input": "2 and 2", "output": "4"}, system_prompt="Sys")
+    assert alpaca == {"prompt": [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Add\n\n2 and 2"}],
+                      "completion": [{"role": "assistant", "content": "4"}]}
+    dolly = to_conversation({"instruction": "Who?", "context": "Bob ran.", "response": "Bob"})
+    assert dolly["prompt"][0]["content"] == "Who?\n\nContext:\nBob ran."
+    plain = to_conversation({"prompt": "Hi", "completion": "Hello"})
+    assert plain["completion"][0]["content"] == "Hello"
+    assert to_conversation(MULTI_TURN) == MULTI_TURN
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Hi", "completion": ""}, "field 'completion' is empty"),
+    ({"prompt": "Hi", "completion": 3}, "field 'completion' is empty or not a string"),
+    ({"instruction": "", "output": "x"}, "field 'instruction' is empty"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "no non-empty assistant turn"),
+    ({"messages": [{"role": "bot", "content": "Hi"}]}, "role 'bot'"),
+])
+def test_bad_rows_name_the_field(row, message):
+    with pytest.raises(ValueError, match=message):
+        to_conversation(row)
+
+
+def test_bad_rows_are_counted_and_skipped(tokenizer):
+    rows = [{"prompt": "Hi", "completion": "Hello"}, {"prompt": "Hi", "completion": ""},
+            {"prompt": "x " * 80, "completion": "too late"}, {"prompt": "Hey", "completion": "y " * 40}]
+    dataset, report = prepare_sft_dataset(Dataset.from_list(rows), tokenizer, max_length=40)
+    assert report["kept"] == 2 and report["skipped: bad row"] == 1
+    assert report["dropped: prompt fills the context"] == 1 and report["truncated (response cut at max_length)"] == 1
+    with pytest.raises(ValueError, match="columns \\['question'\\]; expected one of the layouts"):
+        prepare_sft_dataset(Dataset.from_list([{"question": "q"}]), tokenizer, max_length=40)
+
+
+def test_prompt_completion_labels_mask_the_prompt(saved_model, tokenizer, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}." * (i % 3 + 1)} for i in range(8)]
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, system_prompt="Sys")
+    trainer, _, _ = build_sft_trainer(args)
+    batch = next(iter(trainer.get_train_dataloader()))
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        real = ids[mask.bool()].tolist()
+        text = tokenizer.decode(real)
+        prompt_end = text.index("<|assistant|>\n") + len("<|assistant|>\n")
+        n_prompt = len(tokenizer(text[:prompt_end]).input_ids)
+        assert (labels[:n_prompt] == -100).all()  # system, user and the assistant marker carry no loss
+        assert labels[n_prompt: len(real)].tolist() == real[n_prompt:]  # the reply and its eos do
+        assert real[-1] == tokenizer.eos_token_id
+        assert (labels[len(real):] == -100).all()  # padding carries no loss
+
+
+def test_multi_turn_labels_only_assistant_turns(saved_model, tokenizer, tmp_path):
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", [MULTI_TURN] * 4), saved_model)
+    trainer, _, _ = build_sft_trainer(args)
+    assert args.assistant_only_loss
+    batch = next(iter(trainer.get_train_dataloader()))
+    kept = [t for t in batch["labels"][0].tolist() if t != -100]
+    eos = tokenizer.eos_token_id
+    assert kept == tokenizer("4").input_ids + [eos] + tokenizer("6").input_ids + [eos]
+
+
+def test_loss_is_cross_entropy_over_response_tokens(saved_model, tmp_path):
+    rows = [{"prompt": f"Say {i}", "completion": f"{i} {i} {i}"} for i in range(4)]
+    trainer, _, _ = build_sft_trainer(config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model))
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    by_hand = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # It is not the loss over every token, which counting the prompt would give.
+    every = batch["input_ids"][:, 1:].masked_fill(~batch["attention_mask"][:, 1:].bool(), -100)
+    all_tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), every)
+    assert all_tokens.item() != pytest.approx(loss.item(), rel=1e-3)  # and it is not the all-token loss
+
+
+def learnable_model(tmp_path, tokenizer) -> Path:
+    folder = tmp_path / "base"
+    torch.manual_seed(0)
+    HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), hidden_size=64, max_position_embeddings=96,
+                                 **special_token_ids(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+CAPITALS = {"Korea": "Seoul", "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Egypt": "Cairo",
+            "Peru": "Lima", "Spain": "Madrid", "Kenya": "Nairobi"}
+
+
+def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path):
+    rows = [{"prompt": f"Capital of {k}?", "completion": f"The capital of {k} is {v}."} for k, v in CAPITALS.items()]
+    data = write_jsonl(tmp_path / "caps.jsonl", rows * 8)
+    args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_steps=150, learning_rate=3e-3,
+                  per_device_train_batch_size=16, lr_scheduler_type="constant", system_prompt="Answer briefly.")
+    trainer = sft(args)
+    model = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
+    prompts = [[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Capital of {k}?"}]
+               for k in CAPITALS]
+    answers = sample_answers(model, tokenizer, prompts, max_new_tokens=30)
+    correct = [a == f"The capital of {k} is {v}.<|eos|>" for a, (k, v) in zip(answers, CAPITALS.items())]
+    assert sum(correct) >= 6, answers
+    assert trainer.state.log_history[0]["loss"] > 2 * trainer.state.log_history[-2]["loss"]
+
+
+def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
+    from peft import PeftModel
+
+    rows = [{"prompt": f"Say {i}", "completion": f"{i}!"} for i in range(8)]
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, use_peft=True, lora_r=4,
+                  merge_adapter=True, max_steps=3, learning_rate=1e-2)
+    trainer = sft(args)
+    out = Path(args.output_dir)
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(saved_model)
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert isinstance(merged, HfGptForCausalLM)
+    ids = torch.tensor([tokenizer("Say 3").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
+        plain = AutoModelForCausalLM.from_pretrained(saved_model).eval()(ids).logits
+    assert not torch.allclose(merged(ids).logits, plain, atol=1e-4)  # the adapter changed something
+    assert trainer.model is not None
+
+
+@pytest.mark.parametrize("relative", ["sft_self_instruct_human/self_instruct_human.jsonl",
+                                      "sft_ko_chatbot/chatbot_qa.jsonl"])
+def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_path):
+    data = shared_data(relative)
+    args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_rows=200, max_steps=30,
+                  validation_fraction=0.2, eval_strategy="steps", eval_steps=30, eval_on_start=True,
+                  learning_rate=3e-3, per_device_train_batch_size=8, num_sample_answers=2)
+    trainer = sft(args)
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals[-1] < evals[0] - 0.3, evals
+    assert (Path(args.output_dir) / "samples.md").exists()
