@@ -77,6 +77,8 @@ class PPOConfig(TrainingArguments):
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip ε."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip."})
     vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight."})
+    reward_functions: list[str] | None = field(default=None, metadata={"help": "Dotted paths of reward functions "
+                                                                               "f(prompts, completions)."})
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
     sample_every: int = field(default=10, metadata={"help": "Log a table of sample completions every N steps."})
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints and models go."})

@@ -258,3 +258,21 @@ def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path):
                          reward_model=value)
     metrics = trainer.ppo_step(next(trainer._prompt_batches()))
     assert math.isfinite(metrics["objective/scores"]) and math.isfinite(metrics["loss/value_avg"])
+
+
+def test_two_processes_on_cpu(tokenizer, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    driver = Path(__file__).with_name("ppo_driver.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+           str(tmp_path / "tok"), str(tmp_path / "out")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results == [{"processes": 2, "steps": 3}]  # one main process, two ranks
+    assert (tmp_path / "out" / "checkpoint-2" / "ppo_state.json").exists()
+    assert (tmp_path / "out" / "value_model" / "model.safetensors").exists()

@@ -1,0 +1,16 @@
+"""GRPO with TRL on the same SFT model and data as our PPO, for comparison:
+
+    python recipes/grpo.py --config hh_rlhf --model_name_or_path runs/sft --reward_model_path runs/reward
+"""
+
+from hf_gpt.alternatives import GRPORecipeConfig, grpo
+from hf_gpt.recipe_utils import parse_recipe_args, run_cli
+
+
+def main() -> None:
+    (args,) = parse_recipe_args((GRPORecipeConfig,), stage="grpo")
+    grpo(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

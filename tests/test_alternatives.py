@@ -1,0 +1,69 @@
+"""GRPO, RLOO (online, with our RM or a reward function) and DPO (offline, on pairs) from TRL run on hf_gpt."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
+from hf_gpt.alternatives import (
+    DPORecipeConfig,
+    GRPORecipeConfig,
+    RLOORecipeConfig,
+    dpo,
+    grpo,
+    import_reward_function,
+    rloo,
+)
+from hf_gpt.tokenizer import special_token_ids
+
+
+def length_reward(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("alt")
+    torch.manual_seed(0)
+    ids = special_token_ids(tokenizer)
+    HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, **ids)).save_pretrained(
+        root / "sft")
+    HfGptForSequenceClassification(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, num_labels=1,
+                                               **ids)).save_pretrained(root / "rm")
+    for name in ("sft", "rm"):
+        tokenizer.save_pretrained(root / name)
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad {i}"} for i in range(16)]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def common(root: Path, out: str) -> dict:
+    return dict(output_dir=str(root / out), model_name_or_path=str(root / "sft"), data_files=[str(root / "pairs.jsonl")],
+                max_steps=2, per_device_train_batch_size=4, learning_rate=1e-4, save_strategy="no",
+                disable_tqdm=True, logging_steps=1, use_cpu=True)
+
+
+@pytest.mark.parametrize("make_config, run", [(GRPORecipeConfig, grpo), (RLOORecipeConfig, rloo)])
+def test_online_methods_with_reward_model_and_function(folders, make_config, run):
+    args = make_config(**common(folders, run.__name__), reward_model_path=str(folders / "rm"),
+                       reward_functions=["test_alternatives:length_reward"], num_generations=2,
+                       max_completion_length=8, beta=0.05)
+    trainer = run(args)
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged and all(k in logged[0] for k in ("kl", "reward"))
+    assert (folders / run.__name__ / "model.safetensors").exists()
+
+
+def test_dpo_on_pairs(folders):
+    trainer = dpo(DPORecipeConfig(**common(folders, "dpo"), beta=0.1))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # -log σ(0): the policy starts equal to its reference
+
+
+def test_reward_function_import_errors():
+    assert import_reward_function("test_alternatives:length_reward") is length_reward
+    with pytest.raises(ValueError, match="Cannot import reward function 'nope.mod:f'"):
+        import_reward_function("nope.mod:f")
