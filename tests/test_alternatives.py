@@ -42,8 +42,8 @@ def folders(tmp_path_factory, tokenizer):
 
 def common(root: Path, out: str) -> dict:
     return dict(output_dir=str(root / out), model_name_or_path=str(root / "sft"),
-                data_files=[str(root / "pairs.jsonl")], max_steps=2, per_device_train_batch_size=4, learning_rate=1e-4, save_strategy="no",
-                disable_tqdm=True, logging_steps=1, use_cpu=True)
+                data_files=[str(root / "pairs.jsonl")], max_steps=2, per_device_train_batch_size=4,
+                learning_rate=1e-4, save_strategy="no", disable_tqdm=True, logging_steps=1, use_cpu=True)
 
 
 @pytest.mark.parametrize("make_config, run", [(GRPORecipeConfig, grpo), (RLOORecipeConfig, rloo)])
