@@ -1,4 +1,4 @@
-"""The `hf-gpt` command line: `hf-gpt tokenizer train ...`, `hf-gpt generate ...`."""
+"""The `hf-gpt` command line: `hf-gpt tokenizer train`, `hf-gpt generate`, `hf-gpt chat`, `hf-gpt push`."""
 
 import argparse
 import sys
@@ -14,12 +14,44 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     print(f"Saved a {len(tokenizer)}-token byte-level BPE tokenizer to {args.out}")
 
 
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                repetition_penalty=args.repetition_penalty)
+
+
 def _generate(args: argparse.Namespace) -> None:
     from .generation import generate_text
 
-    for text in generate_text(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed):
-        print(text)
+    texts = generate_text(args.model, args.prompt, seed=args.seed, stream=args.stream, **_sampling(args))
+    if not args.stream:
+        for text in texts:
+            print(text)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from .generation import chat_loop
+
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
+    chat_loop(args.model, args.system, **_sampling(args))
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    print(f"Pushed {args.folder} to {args.repo_id}: {url}")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy; low for facts, high for variety")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1.0 = off")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None, help="same seed, same text")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="continue a prompt with a trained model")
     generate.add_argument("model", help="a saved folder or a Hub id")
     generate.add_argument("prompt")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    generate.add_argument("--top-p", type=float, default=1.0, help="1.0 disables nucleus sampling")
-    generate.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
-    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--stream", action="store_true", help="print tokens as they come")
+    _add_sampling(generate)
     generate.set_defaults(func=_generate)
+
+    chat = commands.add_parser("chat", help="a multi-turn chat with a system prompt")
+    chat.add_argument("model", help="a saved folder or a Hub id")
+    chat.add_argument("--system", default="You are a helpful assistant.", help="the system prompt")
+    _add_sampling(chat)
+    chat.set_defaults(func=_chat)
+
+    push = commands.add_parser("push", help="upload a saved folder (any stage) to the Hub with a model card")
+    push.add_argument("folder", type=Path)
+    push.add_argument("repo_id", help="user/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None, help="a branch to push to (created if missing)")
+    push.set_defaults(func=_push)
     return parser
 
 

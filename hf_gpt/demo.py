@@ -1,75 +1,275 @@
-"""`make demo`: build a GPT end to end on text every Python install carries, then load it back and generate.
+"""`make demo`: the whole pipeline in one command — tokenizer → pretraining → SFT → reward model → PPO → chat.
 
-The embedded default needs no download and no ../shared: Python's own reference documentation
-(`pydoc_data.topics`, ~0.5 MB of English) is the corpus.
+The default world (`hf_gpt.world`) is generated here, offline, and has checkable answers, so every stage shows a
+measured gain. `--data english|korean` runs the same stages on the real data sets in ../shared/data.
+The run writes runs/<name>/report.md with a table per stage and PNG plots; a second run reuses finished stages
+(`--fresh` redoes them).
 """
 
 import argparse
 import json
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import world
+from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
+from .report import markdown_table, plot_attention, plot_lines, plot_position_encoding, plot_sft_loss_mask
+from .reward import RewardRecipeConfig, train_reward_model
+from .sft import SFTRecipeConfig, sample_answers, sft
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def write_embedded_corpus(folder: Path) -> Path:
-    from pydoc_data.topics import topics
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "pydoc_topics.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for text in topics.values():
-            f.write(json.dumps({"text": text}) + "\n")
-    return path
-
-
-def run(output_dir: Path, max_steps: int) -> None:
-    started = time.perf_counter()
-    corpus = write_embedded_corpus(output_dir / "data")
-    args = PretrainConfig(
-        output_dir=str(output_dir / "base"),
-        data_files=[str(corpus)],
-        vocab_size=2048,
-        block_size=128,
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        per_device_train_batch_size=16,
-        max_steps=max_steps,
-        learning_rate=2e-3,
-        eval_steps=max(max_steps // 4, 1),
-        save_steps=max(max_steps // 2, 1),
-        logging_steps=max(max_steps // 20, 1),
-        report_to="none",
-        sample_prompts=["The assert statement"],
-    )
-    trainer = pretrain(args, resume_from_checkpoint=True)
-    metrics = [h for h in trainer.state.log_history if "eval_bpb" in h]
-
-    # Load it back the way a user would, and generate.
-    tokenizer = AutoTokenizer.from_pretrained(args.output_dir)
-    model = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
-    prompt = "The assert statement"
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    torch.manual_seed(0)
-    out = model.generate(ids, max_new_tokens=40, do_sample=True, temperature=0.7, top_p=0.9)
-    print("\n=== hf-gpt demo ===")
-    print(f"model: {args.output_dir} ({model.num_parameters():,} parameters)")
-    print(f"val bits per byte: {metrics[0]['eval_bpb']:.3f} (step {metrics[0]['step']}) → "
-          f"{metrics[-1]['eval_bpb']:.3f} (step {metrics[-1]['step']})")
-    print(f"sample (T=0.7, top-p=0.9): {tokenizer.decode(out[0], skip_special_tokens=True)!r}")
-    print(f"done in {time.perf_counter() - started:.0f} s; curves: {args.output_dir}/curves.png")
+@dataclass
+class Scale:
+    documents: int = 3000
+    pretrain_steps: int = 600
+    sft_rows: int = 2000
+    sft_steps: int = 300
+    preference_rows: int = 1500
+    reward_steps: int = 400
+    ppo_steps: int = 40
+    eval_rows: int = 100
+    width: int = 128
+    layers: int = 4
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--max-steps", type=int, default=400)
-    args = parser.parse_args()
-    run(args.output_dir, args.max_steps)
+SCALES = {"demo": Scale(), "tiny": Scale(documents=600, pretrain_steps=120, sft_rows=400, sft_steps=80,
+                                         preference_rows=400, reward_steps=60, ppo_steps=6, eval_rows=30, width=64,
+                                         layers=2)}
+PRESETS = {  # real data: (pretraining files, SFT files, preference files)
+    "english": (["tinyshakespeare/input.txt"], ["sft_dolly_2k/dolly_2k.jsonl"],
+                ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"]),
+    "korean": (["ko_klue_sentences/klue_dev_sentences.jsonl"], ["sft_ko_chatbot/chatbot_qa.jsonl"],
+               ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"]),
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def world_data(folder: Path, scale: Scale) -> dict[str, list[str]]:
+    return {
+        "pretrain": [write_jsonl(folder / "pretrain.jsonl",
+                                 [{"text": t} for t in world.pretraining_documents(scale.documents)])],
+        "sft": [write_jsonl(folder / "sft.jsonl", world.sft_rows(scale.sft_rows))],
+        "preferences": [write_jsonl(folder / "preferences.jsonl", world.preference_rows(scale.preference_rows))],
+    }
+
+
+def preset_data(name: str) -> dict[str, list[str]]:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown DATA preset {name!r}: use world (default), {', '.join(PRESETS)}.")
+    paths = [[str(SHARED / p) for p in group] for group in PRESETS[name]]
+    for path in (p for group in paths for p in group):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo.")
+    return dict(zip(("pretrain", "sft", "preferences"), paths))
+
+
+@torch.no_grad()
+def chat_accuracy(folder: Path, rows: list[dict], system_prompt: str) -> dict[str, float]:
+    """Greedy answers to held-out questions: exact-match accuracy and the share that stop at eos."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": r["prompt"]}] for r in rows]
+    answers = sample_answers(model, tokenizer, prompts, max_new_tokens=24)
+    eos = tokenizer.eos_token
+    correct = sum(a.removesuffix(eos).strip() == r["answer"] and a.endswith(eos) for a, r in zip(answers, rows))
+    return {"accuracy": correct / len(rows), "stops_at_eos": sum(a.endswith(eos) for a in answers) / len(rows)}
+
+
+class Pipeline:
+    def __init__(self, out: Path, data: str, scale: Scale, fresh: bool):
+        self.out, self.data_name, self.scale, self.fresh = out, data, scale, fresh
+        self.metrics: dict[str, dict] = {}
+
+    def stage(self, name: str, run: Callable[[Path], dict]) -> dict:
+        """Run a stage into out/<name>, or reuse it if it finished before."""
+        folder, done = self.out / name, self.out / name / "stage.json"
+        if done.exists() and not self.fresh:
+            print(f"[{name}] reusing {folder} (finished before; --fresh to redo)")
+            self.metrics[name] = json.loads(done.read_text())
+            return self.metrics[name]
+        if folder.exists():
+            shutil.rmtree(folder)
+        print(f"\n[{name}] ...")
+        start = time.perf_counter()
+        metrics = {**run(folder), "seconds": round(time.perf_counter() - start, 1)}
+        done.write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
+        self.metrics[name] = metrics
+        return metrics
+
+    def run(self) -> dict[str, dict]:
+        s, world_mode = self.scale, self.data_name == "world"
+        data = world_data(self.out / "data", s) if world_mode else preset_data(self.data_name)
+        system = world.SYSTEM_PROMPT
+        evals = world.eval_rows(s.eval_rows) if world_mode else []
+        common = dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=0)
+
+        def pretrain_stage(folder: Path) -> dict:
+            trainer = pretrain(PretrainConfig(
+                output_dir=str(folder), data_files=data["pretrain"], vocab_size=1024, block_size=64,
+                max_position_embeddings=128, n_layer=s.layers,
+                n_head=4, n_embd=s.width, per_device_train_batch_size=16, max_steps=s.pretrain_steps,
+                learning_rate=2e-3, eval_steps=max(s.pretrain_steps // 5, 1), logging_steps=10,
+                sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common))
+            evals_ = [h for h in trainer.state.log_history if "eval_bpb" in h]
+            return {"steps": trainer.state.global_step, "val_bpb_first": evals_[0]["eval_bpb"],
+                    "val_bpb_last": evals_[-1]["eval_bpb"], "val_loss_last": evals_[-1]["eval_loss"],
+                    "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals_]}
+
+        def sft_stage(folder: Path) -> dict:
+            before = chat_accuracy(self.out / "base", evals, system) if evals else {}
+            trainer = sft(SFTRecipeConfig(
+                output_dir=str(folder), model_name_or_path=str(self.out / "base"), data_files=data["sft"],
+                system_prompt=system, max_steps=s.sft_steps, per_device_train_batch_size=16, learning_rate=1e-3,
+                eval_steps=max(s.sft_steps // 4, 1), logging_steps=10, max_rows=s.sft_rows, eval_on_start=True,
+                lr_scheduler_type="cosine", **common))
+            after = chat_accuracy(folder, evals, system) if evals else {}
+            losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+            return {"steps": trainer.state.global_step, "eval_loss_curve": losses,
+                    "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
+                    "stops_at_eos_before": before.get("stops_at_eos"), "stops_at_eos_after": after.get("stops_at_eos")}
+
+        def reward_stage(folder: Path) -> dict:
+            train_reward_model(RewardRecipeConfig(
+                output_dir=str(folder), model_name_or_path=str(self.out / "sft"), data_files=data["preferences"],
+                max_rows=s.preference_rows, max_steps=s.reward_steps, system_prompt=system,
+                per_device_train_batch_size=16,
+                learning_rate=1e-3, eval_steps=max(s.reward_steps // 3, 1), logging_steps=10,
+                lr_scheduler_type="constant", **common))
+            metrics = json.loads((folder / "reward_metrics.json").read_text())
+            return {"steps": s.reward_steps, "pairwise_accuracy": metrics["pairwise_accuracy"]}
+
+        def ppo_stage(folder: Path) -> dict:
+            prompts = write_jsonl(self.out / "data" / "ppo_prompts.jsonl",
+                                  [{"prompt": r["prompt"]} for r in world.eval_rows(400, seed=4)]) \
+                if world_mode else data["preferences"][0]
+            trainer = ppo(PPOConfig(
+                output_dir=str(folder), model_name_or_path=str(self.out / "sft"),
+                reward_model_path=str(self.out / "reward"), data_files=[prompts], system_prompt=system,
+                max_rows=400, max_steps=s.ppo_steps, per_device_train_batch_size=16, response_length=24,
+                temperature=0.7, num_ppo_epochs=2, learning_rate=5e-5, kl_coef=0.05, save_steps=0, sample_every=5,
+                report_to="none", seed=0))
+            history = trainer.log_history
+            after = chat_accuracy(folder, evals, system) if evals else {}
+            k = max(len(history) // 4, 1)
+            mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)  # noqa: E731
+            return {"steps": len(history), "score_first": mean(history[:k], "objective/scores"),
+                    "score_last": mean(history[-k:], "objective/scores"),
+                    "kl_max": max(h["objective/kl"] for h in history), "accuracy_after": after.get("accuracy"),
+                    "score_curve": [(h["step"], h["objective/scores"]) for h in history],
+                    "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
+
+        self.stage("base", pretrain_stage)
+        self.stage("sft", sft_stage)
+        self.stage("reward", reward_stage)
+        self.stage("ppo", ppo_stage)
+        self.write_report(system)
+        return self.metrics
+
+    def write_report(self, system: str) -> Path:
+        m, out, pics = self.metrics, self.out, self.out / "plots"
+        pics.mkdir(parents=True, exist_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(out / "ppo")
+        model = AutoModelForCausalLM.from_pretrained(out / "ppo").eval()
+        plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,
+                               model.config.sinusoidal_base)
+        plot_attention(model, tokenizer, "The capital of Korea is Seoul. 3 plus 4 is 7.",
+                       pics / "attention.png")
+        plot_sft_loss_mask(tokenizer, [{"role": "system", "content": system},
+                                       {"role": "user", "content": "What is the capital of France?"},
+                                       {"role": "assistant", "content": "The capital of France is Paris."}],
+                           pics / "sft_loss_mask.png")
+        plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
+                   {"val bpb": m["base"]["bpb_curve"]})
+        plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
+                   {"eval loss": m["sft"]["eval_loss_curve"]})
+        plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
+                   {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
+        samples = self.chat_samples(model, tokenizer, system)
+        table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])  # noqa: E731
+        text = f"""# hf-gpt pipeline report — data: {self.data_name}
+
+| stage | seconds |
+|---|---:|
+""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in ("base", "sft", "reward", "ppo")) + f"""
+## 1. Pretraining (next-token cross-entropy)
+{table("base", ["steps", "val_bpb_first", "val_bpb_last", "val_loss_last"])}
+
+![bpb](plots/pretrain_bpb.png) ![curves](base/curves.png)
+
+![positional encoding](plots/position_encoding.png)
+
+## 2. SFT (loss on response tokens only)
+{table("sft", ["steps", "accuracy_before", "accuracy_after", "stops_at_eos_before", "stops_at_eos_after"])}
+
+![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
+
+## 3. Reward model (ranked pairs)
+{table("reward", ["steps", "pairwise_accuracy"])}
+
+## 4. PPO (reward = RM score, KL penalty to the SFT model)
+{table("ppo", ["steps", "score_first", "score_last", "kl_max", "accuracy_after"])}
+
+![ppo](plots/ppo_reward_kl.png)
+
+## 5. Talking to the final model (system prompt: "{system}")
+{markdown_table(samples)}
+
+![attention](plots/attention.png)
+"""
+        path = out / "report.md"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    @torch.no_grad()
+    def chat_samples(self, model, tokenizer, system: str) -> list[dict]:
+        """Low temperature for facts, high for variety: distinct answers over 10 samples at τ = 0.2 vs 1.0."""
+        rows = []
+        for question in ("What is the capital of Korea?", "대한민국의 수도는 어디입니까?", "What is 3 plus 4?"):
+            prompt = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+            row = {"question": question}
+            for tau in (0.2, 1.0):
+                torch.manual_seed(0)
+                out = model.generate(ids.repeat(10, 1), do_sample=True, temperature=tau, top_p=1.0, top_k=0,
+                                     max_new_tokens=24, pad_token_id=tokenizer.pad_token_id)
+                answers = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+                row[f"τ={tau}: first answer"] = answers[0]
+                row[f"τ={tau}: distinct of 10"] = len(set(answers))
+            rows.append(row)
+        return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="world", help="world (default, offline), english or korean")
+    parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
+    parser.add_argument("--output-dir", type=Path, default=None, help="default runs/<data>")
+    parser.add_argument("--fresh", action="store_true", help="redo finished stages")
+    args = parser.parse_args(argv)
+    out = args.output_dir or Path("runs") / args.data
+    start = time.perf_counter()
+    try:
+        metrics = Pipeline(out, args.data, SCALES[args.scale], args.fresh).run()
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"\n=== hf-gpt demo ({args.data}) done in {time.perf_counter() - start:.0f} s: {out / 'report.md'} ===")
+    for name, values in metrics.items():
+        print(name, {k: v for k, v in values.items() if not k.endswith("curve")})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Sampling from a trained model: temperature scales the logits (p ∝ exp(z/τ)), top-p keeps the smallest set of
-tokens whose probabilities sum to p. Temperature 0 means greedy decoding."""
+"""Sampling from a trained model: temperature scales the logits (p ∝ exp(z/τ)); top-p keeps the smallest set of
+tokens whose probabilities sum to p; top-k keeps the k most likely. Temperature 0 means greedy decoding.
+
+Low temperature for factual answers, high for creative ones; `hf-gpt generate` and `hf-gpt chat` expose all of it.
+"""
+
+import sys
+from collections.abc import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, TextStreamer
 
 
 def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -12,6 +18,8 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}.")
     greedy = temperature == 0
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -26,14 +34,53 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
     )
 
 
-def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int | None = None,
+def load(model_name_or_path: str, revision: str | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=True,
+                                              padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=True)
+    return tokenizer, model.eval()
+
+
+@torch.no_grad()
+def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int | None = None, stream: bool = False,
                   **sampling) -> list[str]:
     """Continue each prompt; returns the new text only."""
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=True, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, trust_remote_code=True).eval()
+    tokenizer, model = load(model_name_or_path)
     prompts = [prompts] if isinstance(prompts, str) else prompts
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     if seed is not None:
         torch.manual_seed(seed)
-    output = model.generate(**inputs, generation_config=sampling_config(model, **sampling))
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    output = model.generate(**inputs, generation_config=sampling_config(model, **sampling), streamer=streamer)
     return tokenizer.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def chat_reply(model, tokenizer, messages: list[dict], stream: bool = False, **sampling) -> str:
+    """One assistant turn for a conversation (system prompt included), stopping at eos."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"].to(model.device)
+    room = model.config.max_position_embeddings - ids.shape[1]
+    if room <= 0:
+        raise ValueError(f"The conversation has {ids.shape[1]} tokens, the model's context is "
+                         f"{model.config.max_position_embeddings}: start a new chat.")
+    sampling["max_new_tokens"] = min(sampling.get("max_new_tokens", 64), room)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    out = model.generate(ids, generation_config=sampling_config(model, **sampling), streamer=streamer)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] | None = None, **sampling) -> None:
+    """A multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
+    tokenizer, model = load(model_name_or_path)
+    messages = [{"role": "system", "content": system}] if system else []
+    lines = lines or iter(sys.stdin.readline, "")
+    while True:
+        print("you> ", end="", flush=True)
+        line = next(lines, "").strip()
+        if not line:
+            return
+        messages.append({"role": "user", "content": line})
+        print("gpt> ", end="", flush=True)
+        reply = chat_reply(model, tokenizer, messages, stream=True, **sampling)
+        messages.append({"role": "assistant", "content": reply})

@@ -27,6 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from .hub import write_summary
 from .ppo_core import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -371,6 +372,11 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(out / "value_model")
         (out / "ppo_log.json").write_text(json.dumps(self.log_history, indent=1))
         plot_ppo_curves(self.log_history, out / "ppo_curves.png")
+        tail = self.log_history[-max(len(self.log_history) // 4, 1):]
+        metrics = {k: sum(h[k] for h in tail) / len(tail) for k in ("objective/scores", "objective/kl")}
+        write_summary(out, "ppo", {"score_last": metrics["objective/scores"], "kl_last": metrics["objective/kl"]},
+                      data=self.args.data_files or self.args.dataset_name, base_model=self.args.model_name_or_path,
+                      steps=self.step)
 
 
 def plot_ppo_curves(history: list[dict], path: Path) -> None:

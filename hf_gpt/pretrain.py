@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
+from .hub import write_summary
 from .modeling_hf_gpt import HfGptForCausalLM
 from .recipe_utils import multi_process_on_cpu
 from .tokenizer import special_token_ids, train_tokenizer
@@ -283,4 +284,9 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
     trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
     if trainer.is_world_process_zero():
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
+        last = ([h for h in trainer.state.log_history if "eval_bpb" in h] or [{}])[-1]
+        write_summary(args.output_dir, "base", {"val_bpb": last.get("eval_bpb"), "val_loss": last.get("eval_loss"),
+                                                "val_perplexity": last.get("eval_perplexity")},
+                      data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
+                      steps=trainer.state.global_step)
     return trainer

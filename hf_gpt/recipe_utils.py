@@ -29,6 +29,28 @@ def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None
     return TrlParser(dataclass_types).parse_args_and_config(argv)
 
 
+def take_push_request(args) -> dict | None:
+    """`--push_to_hub --hub_model_id user/name`: check the token now (before any work) and push once at the end,
+    with our model card, instead of Trainer's push at every save."""
+    if not getattr(args, "push_to_hub", False):
+        return None
+    from .hub import check_token
+
+    if not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+    check_token(args.hub_token)
+    args.push_to_hub = False
+    return {"repo_id": args.hub_model_id, "private": bool(args.hub_private_repo), "revision": args.hub_revision,
+            "token": args.hub_token}
+
+
+def push_if_requested(request: dict | None, folder: str) -> None:
+    if request is not None:
+        from .hub import push_folder
+
+        print(f"Pushed {folder}: {push_folder(folder, **request)}")
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a recipe; bad input (a missing file, a wrong value) ends with one clear line instead of a traceback."""
     try:

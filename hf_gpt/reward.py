@@ -21,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from trl import RewardConfig, RewardTrainer
 
 from .data import check_text_file
+from .hub import write_summary
 from .recipe_utils import multi_process_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class RewardRecipeConfig(RewardConfig):
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Pairs held out for pairwise accuracy."})
     max_rows: int | None = field(default=None, metadata={"help": "Use only the first N pairs (quick runs)."})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "System message added to every prompt: the one PPO will use, so the RM sees that text."})
     output_dir: str = field(default="runs/reward", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
     max_length: int | None = field(default=None, metadata={"help": "Context (default: the model's)."})
@@ -67,12 +70,14 @@ def text_to_messages(prompt: str) -> list[dict]:
     return messages
 
 
-def to_preference(row: dict) -> dict:
+def to_preference(row: dict, system_prompt: str | None = None) -> dict:
     """A {prompt, chosen, rejected} row (text or conversational) → TRL's conversational preference format."""
     for name in ("prompt", "chosen", "rejected"):
         if name not in row or row[name] is None:
             raise ValueError(f"field {name!r} is missing")
     prompt = row["prompt"] if isinstance(row["prompt"], list) else text_to_messages(row["prompt"])
+    if system_prompt and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system_prompt}, *prompt]
     replies = {}
     for name in ("chosen", "rejected"):
         value = row[name]
@@ -91,8 +96,8 @@ def render_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], re
     return list(out["input_ids"])
 
 
-def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int
-                        ) -> tuple[Dataset, Counter]:
+def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                        system_prompt: str | None = None) -> tuple[Dataset, Counter]:
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"The preference data has columns {dataset.column_names}; missing {missing}. "
@@ -100,7 +105,7 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     rows, report, problems = [], Counter(), []
     for i, row in enumerate(dataset):
         try:
-            pair = to_preference(row)
+            pair = to_preference(row, system_prompt)
         except ValueError as err:
             report["skipped: bad row"] += 1
             problems.append(f"row {i}: {err}")
@@ -147,7 +152,7 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
     if args.max_length is None or args.max_length > model.config.max_position_embeddings:
         args.max_length = model.config.max_position_embeddings
     raw = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
-    pairs, report = prepare_preferences(raw, tokenizer, args.max_length)
+    pairs, report = prepare_preferences(raw, tokenizer, args.max_length, args.system_prompt)
     logger.warning("Preference data: %s", dict(report))
     train, evaluation = pairs, None
     if args.validation_fraction > 0 and len(pairs) > 1:
@@ -166,4 +171,6 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
         summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
                    "data": dict(report)}
         (Path(args.output_dir) / "reward_metrics.json").write_text(json.dumps(summary, indent=2))
+        write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
+                      base_model=args.model_name_or_path, steps=trainer.state.global_step)
     return trainer

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from trl import SFTConfig, SFTTrainer
 
 from .data import check_text_file
+from .hub import write_summary
 from .recipe_utils import multi_process_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -247,8 +248,16 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
     if resume_from_checkpoint is True:
         resume_from_checkpoint = get_last_checkpoint(args.output_dir)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    metrics = trainer.evaluate() if evaluation is not None else {}
+    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
+    metrics = {}
+    if evaluation is not None:  # unless the last step already evaluated
+        done = "eval_loss" in last and last.get("step") == trainer.state.global_step
+        metrics = last if done else trainer.evaluate()
     trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report)},
+                      data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
+                      steps=trainer.state.global_step)
     tokenizer = trainer.processing_class
     if args.use_peft and args.merge_adapter and trainer.is_world_process_zero():
         merged = trainer.model.merge_and_unload()

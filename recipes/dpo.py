@@ -4,12 +4,14 @@
 """
 
 from hf_gpt.alternatives import DPORecipeConfig, dpo
-from hf_gpt.recipe_utils import parse_recipe_args, run_cli
+from hf_gpt.recipe_utils import parse_recipe_args, push_if_requested, run_cli, take_push_request
 
 
 def main() -> None:
     (args,) = parse_recipe_args((DPORecipeConfig,), stage="dpo")
+    push = take_push_request(args)
     dpo(args)
+    push_if_requested(push, args.output_dir)
 
 
 if __name__ == "__main__":

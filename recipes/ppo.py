@@ -8,13 +8,15 @@ Reward functions are given as dotted paths: --reward_functions my_pkg.rewards:ex
 
 from hf_gpt.alternatives import import_reward_function
 from hf_gpt.ppo import PPOConfig, ppo
-from hf_gpt.recipe_utils import parse_recipe_args, run_cli
+from hf_gpt.recipe_utils import parse_recipe_args, push_if_requested, run_cli, take_push_request
 
 
 def main() -> None:
     (args,) = parse_recipe_args((PPOConfig,), stage="ppo")
+    push = take_push_request(args)
     funcs = [import_reward_function(path) for path in args.reward_functions or []]
     ppo(args, reward_funcs=funcs, resume_from_checkpoint=args.resume_from_checkpoint or True)
+    push_if_requested(push, args.output_dir)
 
 
 if __name__ == "__main__":

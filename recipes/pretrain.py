@@ -8,12 +8,14 @@ A run restarted with the same output_dir resumes from its last checkpoint.
 """
 
 from hf_gpt.pretrain import PretrainConfig, pretrain
-from hf_gpt.recipe_utils import parse_recipe_args, run_cli
+from hf_gpt.recipe_utils import parse_recipe_args, push_if_requested, run_cli, take_push_request
 
 
 def main() -> None:
     (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain")
+    push = take_push_request(args)
     pretrain(args, resume_from_checkpoint=args.resume_from_checkpoint or True)
+    push_if_requested(push, args.output_dir)
 
 
 if __name__ == "__main__":

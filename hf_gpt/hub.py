@@ -1,0 +1,163 @@
+"""Share any stage on the Hub: weights (safetensors only), config with the full auto_map, code files, tokenizer and
+chat template, and a model card rendered from `model_cards/<stage>.md.j2` with valid Hub metadata.
+
+Design choices:
+- One atomic commit (`create_commit`), built from the folder's files plus the card in memory: the local folder is
+  never modified, so a failed upload leaves nothing half-written behind.
+- The token is checked (`whoami`) before any work; it is never printed or logged.
+- Pickle files (training_args.bin, optimizer states, *.pt) and checkpoints are never uploaded.
+"""
+
+import json
+from pathlib import Path
+
+import jinja2
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+SUMMARY = "training_summary.json"
+STAGES = ("base", "sft", "reward", "ppo")
+UPLOADED = ("*.safetensors", "*.json", "*.py", "*.jinja", "*.txt", "*.png", "samples.md")
+NEVER = ("checkpoint-", "runs/", ".bin", ".pt", ".pth", ".pkl", "optimizer", "rng_state")
+METRICS = {  # stage → (summary key, metric type, metric name)
+    "base": ("val_bpb", "bpb", "validation bits per byte"),
+    "sft": ("eval_loss", "loss", "held-out loss on response tokens"),
+    "reward": ("pairwise_accuracy", "accuracy", "held-out pairwise accuracy"),
+    "ppo": ("score_last", "reward", "mean reward-model score (last steps)"),
+}
+
+
+def write_summary(folder: str | Path, stage: str, metrics: dict, data: list[str] | str | None = None,
+                  base_model: str | None = None, steps: int | None = None) -> None:
+    """What the model card needs to know, saved next to the weights by every stage."""
+    summary = {"stage": stage, "metrics": metrics, "data": data, "base_model": base_model, "steps": steps}
+    (Path(folder) / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+
+
+def read_summary(folder: Path) -> dict:
+    path = folder / SUMMARY
+    if path.exists():
+        return json.loads(path.read_text())
+    config = json.loads((folder / "config.json").read_text())
+    stage = "reward" if any("SequenceClassification" in a for a in config.get("architectures", [])) else "base"
+    return {"stage": "ppo" if (folder / "value_model").is_dir() else stage, "metrics": {}}
+
+
+def render_card(folder: str | Path, repo_id: str) -> str:
+    """The README.md for a saved folder: YAML metadata (library_name, tags, datasets, base_model, license,
+    model-index with the stage's metric) and a body from the stage's Jinja template."""
+    folder = Path(folder)
+    summary = read_summary(folder)
+    stage = summary["stage"]
+    config = json.loads((folder / "config.json").read_text())
+    key, metric_type, metric_name = METRICS[stage]
+    value = summary["metrics"].get(key)
+    data = summary.get("data")
+    hub_datasets = [d for d in ([data] if isinstance(data, str) else data or []) if _is_hub_id(d)]
+    eval_results = None
+    if isinstance(value, (int, float)):
+        eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_datasets[0] if hub_datasets else
+                                   "local", dataset_name=hub_datasets[0] if hub_datasets else "held-out split",
+                                   metric_type=metric_type, metric_name=metric_name, metric_value=float(value))]
+    base_model = summary.get("base_model")
+    card_data = ModelCardData(
+        library_name="transformers", license="apache-2.0", pipeline_tag="text-generation" if stage != "reward"
+        else "text-classification", tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
+        base_model=base_model if base_model and _is_hub_id(base_model) else None, model_name=repo_id,
+        eval_results=eval_results)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True)
+    weights = folder / "model.safetensors"
+    num_parameters = _count_parameters(weights) if weights.exists() else 0
+    text = env.get_template(f"{stage}.md.j2").render(
+        card_data=card_data.to_yaml(), repo_id=repo_id, config=_Namespace(config), num_parameters=num_parameters,
+        training=_training_text(summary))
+    ModelCard(text)  # parses the YAML header: raises if it is not valid metadata
+    return text
+
+
+def _training_text(summary: dict) -> str:
+    lines = []
+    if summary.get("data"):
+        lines.append(f"- data: {summary['data']}")
+    if summary.get("base_model"):
+        lines.append(f"- initialised from: {summary['base_model']}")
+    if summary.get("steps"):
+        lines.append(f"- steps: {summary['steps']}")
+    for key, value in (summary.get("metrics") or {}).items():
+        if not isinstance(value, (list, dict)):
+            lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
+    return "\n".join(lines) or "See the repository files."
+
+
+class _Namespace(dict):
+    __getattr__ = dict.get
+
+
+def _count_parameters(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sum(_prod(f.get_slice(name).get_shape()) for name in f.keys())
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _is_hub_id(name: str) -> bool:
+    return isinstance(name, str) and not Path(name).exists() and name.count("/") <= 1 and not name.startswith(".")
+
+
+def files_to_upload(folder: Path) -> list[Path]:
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if not path.is_file() or any(part in relative for part in NEVER):
+            continue
+        if any(path.match(pattern) for pattern in UPLOADED):
+            files.append(path)
+    return files
+
+
+def check_token(token: str | None = None) -> str:
+    """The user name behind the token, or a clear error before any work is done."""
+    try:
+        return HfApi(token=token).whoami()["name"]
+    except (HfHubHTTPError, OSError, ValueError, KeyError) as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        reason = "it was refused (invalid or expired)" if status in (401, 403) else f"{type(err).__name__}"
+        raise ValueError(f"No usable Hugging Face token: {reason}. Run `hf auth login` or set HF_TOKEN to a token "
+                         "with write access.") from None
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+                token: str | None = None, commit_message: str | None = None) -> str:
+    """Upload a saved hf_gpt folder as one commit; returns the commit URL."""
+    folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"Invalid repo id {repo_id!r}: {err}. Use 'user/name'.") from None
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a saved model folder (no config.json).")
+    check_token(token)
+    card = render_card(folder, repo_id)
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files_to_upload(folder)]
+    operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.create_commit(repo_id, operations=operations, revision=revision,
+                                 commit_message=commit_message or f"Upload hf-gpt {read_summary(folder)['stage']}")
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", "?")
+        raise ValueError(f"Upload of {folder} to {repo_id} failed (HTTP {status}); nothing local was changed. "
+                         f"Retry `hf-gpt push {folder} {repo_id}`.") from None
+    return info.commit_url
