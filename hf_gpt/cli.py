@@ -87,10 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision", default=None, help="a branch to push to (created if missing)")
     push.set_defaults(func=_push)
+
+    commands.add_parser("serve", help="transformers serve (OpenAI-compatible) for hf_gpt models; "
+                                      "takes transformers serve's options", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # everything after `serve` is transformers serve's own options
+        from .serve import main as serve
+
+        sys.exit(serve(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -6,6 +6,7 @@ pretraining bits per byte, SFT exact-match accuracy, reward-model pairwise accur
 """
 
 import random
+import re
 
 CAPITALS = [  # (country EN, capital EN, country KO, capital KO)
     ("Korea", "Seoul", "대한민국", "서울"), ("France", "Paris", "프랑스", "파리"), ("Japan", "Tokyo", "일본", "도쿄"),
@@ -20,22 +21,30 @@ SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
 
 
 def _qa(rng: random.Random) -> tuple[str, str, str]:
-    """One (question, right answer, wrong answer), in English or Korean, about a capital or a sum."""
+    """One (question, right answer, wrong answer), in English or Korean, about a capital or a sum.
+
+    Wrong answers are of two kinds: the right subject with a wrong value, or a true fact about another subject.
+    With only the first kind, a reward model learns to like any true-sounding sentence, and PPO learns to answer
+    every question with "The capital of France is Paris." (reward hacking, seen in this demo's first version)."""
     korean = rng.random() < 0.5
+    off_topic = rng.random() < 0.5
     if rng.random() < 0.5:
         country, capital, country_ko, capital_ko = rng.choice(CAPITALS)
-        wrong = rng.choice([c for c in CAPITALS if c[1] != capital])
+        other = rng.choice([c for c in CAPITALS if c[1] != capital])
         if korean:
-            return f"{country_ko}의 수도는 어디입니까?", f"{country_ko}의 수도는 {capital_ko}입니다.", \
-                f"{country_ko}의 수도는 {wrong[3]}입니다."
-        return f"What is the capital of {country}?", f"The capital of {country} is {capital}.", \
-            f"The capital of {country} is {wrong[1]}."
+            subject = other[2] if off_topic else country_ko
+            wrong = f"{subject}의 수도는 {other[3]}입니다."
+            return f"{country_ko}의 수도는 어디입니까?", f"{country_ko}의 수도는 {capital_ko}입니다.", wrong
+        wrong = f"The capital of {other[0]} is {other[1]}." if off_topic else f"The capital of {country} is {other[1]}."
+        return f"What is the capital of {country}?", f"The capital of {country} is {capital}.", wrong
     a, b = rng.randint(0, 9), rng.randint(0, 9)
+    c = rng.choice([n for n in range(10) if n != b])
     wrong_sum = a + b + rng.choice([-2, -1, 1, 2, 3])
     if korean:
-        question = f"{a} 더하기 {b}는 얼마입니까?"
-        return question, f"{a} 더하기 {b}는 {a + b}입니다.", f"{a} 더하기 {b}는 {wrong_sum}입니다."
-    return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {wrong_sum}."
+        wrong = f"{a} 더하기 {c}는 {a + c}입니다." if off_topic else f"{a} 더하기 {b}는 {wrong_sum}입니다."
+        return f"{a} 더하기 {b}는 얼마입니까?", f"{a} 더하기 {b}는 {a + b}입니다.", wrong
+    wrong = f"{a} plus {c} is {a + c}." if off_topic else f"{a} plus {b} is {wrong_sum}."
+    return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", wrong
 
 
 def pretraining_documents(n: int, seed: int = 0) -> list[str]:
@@ -62,3 +71,25 @@ def eval_rows(n: int, seed: int = 3) -> list[dict]:
     """Held-out questions with their one right answer."""
     rng = random.Random(seed)
     return [{"prompt": q, "answer": right} for q, right, _ in (_qa(rng) for _ in range(n))]
+
+
+def right_answer(question: str) -> str | None:
+    """The one right answer to a question of this world, or None for a question from elsewhere."""
+    for country, capital, country_ko, capital_ko in CAPITALS:
+        if question == f"What is the capital of {country}?":
+            return f"The capital of {country} is {capital}."
+        if question == f"{country_ko}의 수도는 어디입니까?":
+            return f"{country_ko}의 수도는 {capital_ko}입니다."
+    if m := re.fullmatch(r"What is (\d) plus (\d)\?", question):
+        a, b = map(int, m.groups())
+        return f"{a} plus {b} is {a + b}."
+    if m := re.fullmatch(r"(\d) 더하기 (\d)는 얼마입니까\?", question):
+        a, b = map(int, m.groups())
+        return f"{a} 더하기 {b}는 {a + b}입니다."
+    return None
+
+
+def exact_match_reward(prompts: list[list[dict]], completions: list[str]) -> list[float]:
+    """1.0 when the completion is exactly the right answer to the last user question, else 0.0 (a checker)."""
+    questions = [next(m["content"] for m in reversed(p) if m["role"] == "user") for p in prompts]
+    return [float(c.strip() == right_answer(q)) for q, c in zip(questions, completions)]
