@@ -81,6 +81,11 @@ class PPOConfig(TrainingArguments):
     reward_functions: list[str] | None = field(default=None, metadata={"help": "Dotted paths of reward functions "
                                                                                "f(prompts, completions)."})
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
+    use_peft: bool = field(default=False, metadata={"help": "LoRA on the policy; the reference is the policy with "
+                                                            "its adapters disabled (no second copy)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "Modules that get adapters."})
     sample_every: int = field(default=10, metadata={"help": "Log a table of sample completions every N steps."})
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints and models go."})
     learning_rate: float = field(default=3e-5, metadata={"help": "Adam learning rate (policy and value)."})
@@ -150,7 +155,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]]
 class PPOTrainer:
     """PPO for hf_gpt (or any causal LM + sequence-classification value model with a `.score` head)."""
 
-    def __init__(self, args: PPOConfig, policy: nn.Module, ref_policy: nn.Module, value_model: nn.Module,
+    def __init__(self, args: PPOConfig, policy: nn.Module, ref_policy: nn.Module | None, value_model: nn.Module,
                  processing_class: PreTrainedTokenizerBase, train_dataset: Dataset,
                  reward_model: nn.Module | None = None, reward_funcs: Sequence[RewardFunction] = ()):
         if reward_model is None and not reward_funcs:
@@ -164,7 +169,9 @@ class PPOTrainer:
         if args.prompt_column not in train_dataset.column_names:
             raise ValueError(f"The prompt data has columns {train_dataset.column_names}; set prompt_column.")
         self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu)
-        disable_dropout(policy, ref_policy, value_model, *([reward_model] if reward_model else []))
+        if ref_policy is None and not hasattr(policy, "disable_adapter"):
+            raise ValueError("Give ref_policy (the frozen SFT model), or a PEFT policy whose adapters can be disabled.")
+        disable_dropout(policy, value_model, *(m for m in (ref_policy, reward_model) if m is not None))
         self.model = PolicyAndValue(policy, value_model)
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate, eps=1e-5,
                                       weight_decay=args.weight_decay)
@@ -176,7 +183,7 @@ class PPOTrainer:
             raise ValueError(f"{len(train_dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
         self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, optimizer, loader)
         device = self.accelerator.device
-        self.ref_policy = ref_policy.to(device).eval()
+        self.ref_policy = ref_policy.to(device).eval() if ref_policy is not None else None
         if reward_model is not None:
             self.reward_model = reward_model.to(device).eval()
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
@@ -205,7 +212,7 @@ class PPOTrainer:
         attention_mask = torch.cat([queries["attention_mask"], mask], dim=1)
         logits, values = self.model(query_responses, attention_mask)
         logprobs = logprobs_from_logits(logits[:, context - 1:-1], responses, self.args.temperature)
-        ref_logits = self.ref_policy(input_ids=query_responses, attention_mask=attention_mask, use_cache=False).logits
+        ref_logits = self.reference_logits(query_responses, attention_mask)
         ref_logprobs = logprobs_from_logits(ref_logits[:, context - 1:-1], responses, self.args.temperature)
         completions = self.tokenizer.batch_decode(responses * mask + self.tokenizer.pad_token_id * (1 - mask),
                                                   skip_special_tokens=True)
@@ -214,6 +221,15 @@ class PPOTrainer:
                 "ref_logprobs": ref_logprobs, "values": values[:, context - 1:-1],
                 "entropy": masked_mean(entropy_from_logits(logits[:, context - 1:-1], self.args.temperature),
                                        mask), "completions": completions, "context": context}
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """π_ref: the frozen SFT model, or with LoRA the policy itself with its adapters switched off."""
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if self.ref_policy is not None:
+            return self.ref_policy(**kwargs).logits
+        policy = self.accelerator.unwrap_model(self.model).policy
+        with policy.disable_adapter():
+            return policy(**kwargs).logits
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[str]) -> torch.Tensor:
@@ -409,7 +425,14 @@ def load_ppo_models(args: PPOConfig):
     load = dict(trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **load)
     policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
-    ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
+    ref_policy = None
+    if args.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=args.lora_target_modules, task_type="CAUSAL_LM"))
+    else:
+        ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
     reward_model = (AutoModelForSequenceClassification.from_pretrained(args.reward_model_path, num_labels=1, **load)
                     if args.reward_model_path else None)
     value_model = AutoModelForSequenceClassification.from_pretrained(

@@ -276,3 +276,27 @@ def test_two_processes_on_cpu(tokenizer, tmp_path):
     assert results == [{"processes": 2, "steps": 3}]  # one main process, two ranks
     assert (tmp_path / "out" / "checkpoint-2" / "ppo_state.json").exists()
     assert (tmp_path / "out" / "value_model" / "model.safetensors").exists()
+
+
+def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    policy, _, value = make_models(tokenizer)
+    base_state = {k: v.clone() for k, v in policy.state_dict().items()}
+    peft_policy = get_peft_model(policy, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    args = ppo_args(tmp_path, max_steps=3, learning_rate=1e-2, response_length=6)
+    trainer = PPOTrainer(args, peft_policy, None, value, tokenizer, prompts_dataset(32),
+                         reward_funcs=[contains_letter_a])
+    prompts = next(trainer._prompt_batches())
+    batch = trainer.rollout(prompts)
+    assert torch.all(kl_per_token(batch["logprobs"], batch["ref_logprobs"]) * batch["mask"] == 0)  # B = 0 at start
+    history = trainer.train()
+    assert history[-1]["objective/kl"] != 0.0  # the adapters moved the policy away from its reference
+    base_now = peft_policy.get_base_model().state_dict()
+    for name, value_ in base_state.items():  # the frozen base (= the reference) did not change
+        key = name if name in base_now else name.replace(".weight", ".base_layer.weight").replace(".bias",
+                                                                                                   ".base_layer.bias")
+        torch.testing.assert_close(base_now[key], value_)
+    assert (Path(args.output_dir) / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match="Give ref_policy"):
+        PPOTrainer(args, make_models(tokenizer)[0], None, value, tokenizer, prompts_dataset(), reward_funcs=[len])

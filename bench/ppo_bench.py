@@ -1,0 +1,133 @@
+"""Our PPO vs the last TRL release that had a PPOTrainer (trl==1.12.0, `trl.experimental.ppo`), same models, data,
+batch sizes and steps (a benchmark, not a test).
+
+    python bench/ppo_bench.py [--steps 20]
+
+It builds the policy (SFT), reward and value models on the demo's world at CI scale (reused if present), then runs
+  - ours: `hf_gpt.ppo.PPOTrainer` in this interpreter;
+  - TRL 1.12: in a separate venv this script creates (`.venv-trl112`, torch from the pinned CPU wheel, transformers
+    5.24), given pre-tokenised prompts, as that trainer requires.
+It prints seconds per PPO step and the reward-model score gain (first vs last quarter of steps) with the final KL.
+Target: <= 1.0x TRL 1.12's step time, with equal or better reward gain.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv-trl112"
+BATCH, RESPONSE, EPOCHS, LR, KL, TEMPERATURE = 16, 24, 2, 1e-5, 0.05, 0.7
+
+TRL_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    sft, rm, prompts_file, out, steps, batch, response, epochs, lr, kl, temperature = sys.argv[1:]
+    steps, batch, response, epochs = int(steps), int(batch), int(response), int(epochs)
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(sft, padding_side="left")
+    load = dict(trust_remote_code=True)
+    policy, ref = AutoModelForCausalLM.from_pretrained(sft, **load), AutoModelForCausalLM.from_pretrained(sft, **load)
+    reward = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1, **load)
+    value = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1, **load)
+    prompts = [json.loads(line) for line in open(prompts_file)]
+    ids = [tok.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
+    dataset = Dataset.from_dict({"input_ids": ids})
+    args = PPOConfig(output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+                     num_mini_batches=1, total_episodes=steps * batch, num_ppo_epochs=epochs, response_length=response,
+                     temperature=float(temperature), learning_rate=float(lr), kl_coef=float(kl),
+                     missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0, report_to="none",
+                     save_strategy="no", use_cpu=True, bf16=False, logging_steps=1,
+                     local_rollout_forward_batch_size=batch, seed=0)
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    history = [h for h in trainer.state.log_history if "objective/scores" in h]
+    print("RESULT " + json.dumps({"seconds": seconds, "scores": [h["objective/scores"] for h in history],
+                                  "kl": [h["objective/kl"] for h in history]}))
+""")
+
+
+def ensure_venv() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "transformers==5.24.0", "trl==1.12.0",
+                        "accelerate", "datasets"], check=True)
+    return python
+
+
+def models(out: Path) -> tuple[Path, Path]:
+    from hf_gpt.demo import SCALES, Pipeline
+
+    scale = SCALES["tiny"]
+    scale.ppo_steps = 1
+    Pipeline(out, "world", scale, fresh=False).run()
+    return out / "sft", out / "reward"
+
+
+def summary(scores: list[float], kl: list[float]) -> tuple[float, float]:
+    k = max(len(scores) // 4, 1)
+    return sum(scores[-k:]) / k - sum(scores[:k]) / k, kl[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
+    args = parser.parse_args()
+    python = ensure_venv()
+    sft, rm = models(args.output_dir)
+
+    from datasets import Dataset
+
+    from hf_gpt import world
+    from hf_gpt.ppo import PPOConfig, PPOTrainer, load_ppo_models, to_messages
+
+    rows = [{"prompt": r["prompt"]} for r in world.eval_rows(BATCH * args.steps, seed=4)]
+    prompts_file = args.output_dir / "bench_prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(to_messages(r["prompt"], world.SYSTEM_PROMPT)) + "\n" for r in rows))
+
+    config = PPOConfig(output_dir=str(args.output_dir / "ours"), model_name_or_path=str(sft),
+                       reward_model_path=str(rm), per_device_train_batch_size=BATCH, response_length=RESPONSE,
+                       num_ppo_epochs=EPOCHS, learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE,
+                       max_steps=args.steps, save_steps=0, sample_every=0, system_prompt=world.SYSTEM_PROMPT,
+                       logging_steps=1000, report_to="none", seed=0)
+    tokenizer, policy, ref, reward, value = load_ppo_models(config)
+    trainer = PPOTrainer(config, policy, ref, value, tokenizer, Dataset.from_list(rows), reward_model=reward)
+    start = time.perf_counter()
+    history = trainer.train()
+    ours_seconds = time.perf_counter() - start
+    ours_gain, ours_kl = summary([h["objective/scores"] for h in history], [h["objective/kl"] for h in history])
+
+    script = args.output_dir / "trl112_ppo.py"
+    script.write_text(TRL_SCRIPT)
+    result = subprocess.run([str(python), str(script), str(sft), str(rm), str(prompts_file),
+                             str(args.output_dir / "trl"), str(args.steps), str(BATCH), str(RESPONSE), str(EPOCHS),
+                             str(LR), str(KL), str(TEMPERATURE)], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        sys.exit(f"TRL 1.12 run failed:\n{result.stderr[-4000:]}")
+    trl = json.loads(lines[-1][7:])
+    trl_gain, trl_kl = summary(trl["scores"], trl["kl"])
+    print(f"\n{args.steps} PPO steps, {BATCH} rollouts each, {RESPONSE} new tokens, {EPOCHS} PPO epochs\n")
+    print("| trainer | s / PPO step | RM score gain | final KL |")
+    print("|---|---:|---:|---:|")
+    print(f"| hf_gpt PPOTrainer | {ours_seconds / args.steps:.2f} | {ours_gain:+.3f} | {ours_kl:.3f} |")
+    print(f"| TRL 1.12 PPOTrainer | {trl['seconds'] / args.steps:.2f} | {trl_gain:+.3f} | {trl_kl:.3f} |")
+    print(f"\nstep-time ratio (ours / TRL): {ours_seconds / trl['seconds']:.2f}x (target <= 1.0x)")
+
+
+if __name__ == "__main__":
+    main()
