@@ -13,7 +13,7 @@ import codecs
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -59,16 +59,26 @@ def load_documents(
         if len(suffixes) != 1 or (suffix := suffixes.pop()) not in BUILDERS:
             raise ValueError(f"data_files must share one of the types {', '.join(BUILDERS)}; got {data_files}.")
         extra = {"sample_by": "document", "keep_linebreaks": True} if suffix == ".txt" else {}
-        raw = load_dataset(BUILDERS[suffix], data_files=[str(p) for p in paths], streaming=streaming, **extra)
+        # One file at a time: files of one corpus often carry different extra columns, which `datasets` cannot
+        # merge into one schema; only the text column is kept.
+        parts = [load_dataset(BUILDERS[suffix], data_files=[str(p)], streaming=streaming, **extra)["train"]
+                 for p in paths]
+        for path, part in zip(paths, parts):
+            _check_column(part, text_column, str(path))
+        train = parts[0].select_columns([text_column]) if len(parts) == 1 else concatenate_datasets(
+            [part.select_columns([text_column]) for part in parts])
+        raw = {"train": train} if streaming else DatasetDict(train=train)
     else:
         raw = load_dataset(dataset_name, dataset_config, streaming=streaming)
-    for split, ds in raw.items():
-        columns = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
-        if text_column not in columns:
-            raise ValueError(
-                f"The {split} split has no column {text_column!r} (it has {columns}): set text_column to one of them."
-            )
+        for split, ds in raw.items():
+            _check_column(ds, text_column, f"the {split} split")
     return raw
+
+
+def _check_column(ds: Dataset | IterableDataset, text_column: str, where: str) -> None:
+    columns = ds.column_names if ds.column_names is not None else list(next(iter(ds)).keys())
+    if text_column not in columns:
+        raise ValueError(f"{where} has no column {text_column!r} (it has {columns}): set text_column to one of them.")
 
 
 def pack_into_blocks(token_lists: Iterable[list[int]], block_size: int, eos_token_id: int) -> Iterator[list[int]]:
@@ -112,8 +122,8 @@ def build_lm_datasets(
         packed[split] = builder.from_generator(_blocks, gen_kwargs=gen_kwargs)
     train = packed["train"]
     validation = packed.get("validation", packed.get("test"))
-    if validation is None and not streaming:
-        n_val = max(1, round(len(train) * validation_fraction)) if validation_fraction > 0 else 0
+    if validation is None and not streaming and validation_fraction > 0:
+        n_val = max(1, round(len(train) * validation_fraction))
         if n_val >= len(train):
             raise ValueError(
                 f"Only {len(train)} blocks of {block_size} tokens: too little text for a validation split. "
