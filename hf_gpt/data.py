@@ -110,7 +110,7 @@ def build_lm_datasets(
         raise ValueError("The tokenizer has no eos token: documents are joined with eos. Train it with hf_gpt.")
 
     def tokenize(batch: dict) -> dict:
-        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]}
+        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]}
 
     streaming = isinstance(next(iter(raw.values())), IterableDataset)
     packed = {}

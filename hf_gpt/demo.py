@@ -160,7 +160,8 @@ class Pipeline:
             trainer = ppo(PPOConfig(
                 output_dir=str(folder), model_name_or_path=str(self.out / "sft"),
                 reward_model_path=str(self.out / "reward"), data_files=[prompts], system_prompt=system,
-                max_rows=400, max_steps=s.ppo_steps, per_device_train_batch_size=16, response_length=24,
+                max_rows=400, drop_long_prompts=not world_mode, max_steps=s.ppo_steps,
+                per_device_train_batch_size=16, response_length=24,
                 temperature=0.7, num_ppo_epochs=2, learning_rate=1e-5, kl_coef=0.05, save_steps=0, sample_every=5,
                 report_to="none", seed=0))
             history = trainer.log_history

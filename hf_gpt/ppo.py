@@ -62,6 +62,8 @@ class PPOConfig(TrainingArguments):
     prompt_column: str = field(default="prompt", metadata={"help": "Text or list of chat messages."})
     max_rows: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt."})
+    drop_long_prompts: bool = field(default=False, metadata={"help": "Drop (and count) prompts with no room for "
+                                                                     "response_length tokens instead of failing."})
     response_length: int = field(default=32, metadata={"help": "Max new tokens per rollout."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (no top-k/top-p)."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
@@ -440,13 +442,22 @@ def load_ppo_models(args: PPOConfig):
     return tokenizer, policy, ref_policy, reward_model, value_model
 
 
-def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: PPOConfig, context: int) -> None:
+def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: PPOConfig,
+                         context: int) -> Dataset:
+    """Prompts that leave no room for response_length tokens: an error naming the row, or dropped and counted."""
+    keep = []
     for i, row in enumerate(dataset):
         prompt = to_messages(row[args.prompt_column], args.system_prompt)
         n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
-        if n + args.response_length > context:
+        if n + args.response_length <= context:
+            keep.append(i)
+        elif not args.drop_long_prompts:
             raise ValueError(f"Prompt row {i} has {n} tokens; with response_length={args.response_length} that "
-                             f"exceeds the model's context of {context}. Shorten or filter the prompts.")
+                             f"exceeds the model's context of {context}. Shorten or filter the prompts, or set "
+                             "drop_long_prompts.")
+    if len(keep) < len(dataset):
+        print(f"PPO prompts: dropped {len(dataset) - len(keep)} of {len(dataset)} longer than the context allows")
+    return dataset.select(keep)
 
 
 def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] = (),
@@ -454,7 +465,7 @@ def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] = (),
     set_seed(args.seed)
     tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
     dataset = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
-    check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
+    dataset = check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
     trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer

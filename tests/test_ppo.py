@@ -300,3 +300,13 @@ def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_pa
     assert (Path(args.output_dir) / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="Give ref_policy"):
         PPOTrainer(args, make_models(tokenizer)[0], None, value, tokenizer, prompts_dataset(), reward_funcs=[len])
+
+
+def test_prompt_longer_than_context_is_an_error_or_a_counted_drop(tokenizer, tmp_path):
+    from hf_gpt.ppo import check_prompt_lengths
+
+    rows = Dataset.from_list([{"prompt": "short"}, {"prompt": "long " * 200}])
+    with pytest.raises(ValueError, match="Prompt row 1 has .* tokens; with response_length=8"):
+        check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path), context=96)
+    kept = check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path, drop_long_prompts=True), context=96)
+    assert kept["prompt"] == ["short"]
