@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from .recipe_utils import multi_process_on_cpu
-from .reward import load_rows, prepare_preferences, text_to_messages
+from .data import load_rows
+from .recipe_utils import RecipeFields
+from .reward import prepare_preferences, text_to_messages
 
 
 def import_reward_function(path: str) -> Callable:
@@ -26,51 +27,28 @@ def import_reward_function(path: str) -> Callable:
 
 
 @dataclass
-class _Common:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The SFT folder or Hub id."})
+class _Common(RecipeFields):
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (GRPO/RLOO)."})
     reward_functions: list[str] | None = field(default=None, metadata={"help": "Dotted paths of reward functions."})
-    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl files."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to use."})
-    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs); TRL's default is True."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (TRL: True)."})
 
 
 @dataclass
 class GRPORecipeConfig(_Common, GRPOConfig):
     beta: float = field(default=0.05, metadata={"help": "KL coefficient (> 0: penalise drift from the SFT model)."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
-
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        super().__post_init__()
 
 
 @dataclass
 class RLOORecipeConfig(_Common, RLOOConfig):
     beta: float = field(default=0.05, metadata={"help": "KL coefficient (> 0: penalise drift from the SFT model)."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
-
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        super().__post_init__()
 
 
 @dataclass
 class DPORecipeConfig(_Common, DPOConfig):
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
-
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        super().__post_init__()
+    """TRL's DPOConfig plus our data and model fields."""
 
 
 def _prompts(args) -> "Dataset":  # noqa: F821
-    rows = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    rows = load_rows(args)
     if "prompt" not in rows.column_names:
         raise ValueError(f"The data has columns {rows.column_names}; a 'prompt' column is needed.")
 
@@ -118,7 +96,7 @@ def dpo(args: DPORecipeConfig) -> DPOTrainer:
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    rows = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    rows = load_rows(args)
     pairs, _ = prepare_preferences(rows, tokenizer, args.max_length or model.config.max_position_embeddings)
     trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()

@@ -133,3 +133,19 @@ def build_lm_datasets(
     if not streaming and len(train) == 0:
         raise ValueError(f"The text gives no full block of {block_size} tokens: add text or lower block_size.")
     return train, validation
+
+
+def load_rows(args) -> Dataset:
+    """Rows for SFT, reward modelling or RL: `args.data_files` (local .jsonl/.json/.parquet/.csv, checked first) or
+    `args.dataset_name` (Hub, `args.dataset_split`), cut to `args.max_rows`."""
+    if bool(args.data_files) == bool(args.dataset_name):
+        raise ValueError("Give exactly one of data_files (local .jsonl files) or dataset_name (Hub).")
+    if args.data_files:
+        for path in args.data_files:
+            check_text_file(Path(path))
+        suffix = Path(args.data_files[0]).suffix
+        dataset = load_dataset(BUILDERS.get(suffix, suffix.lstrip(".")), data_files=list(args.data_files),
+                               split="train")
+    else:
+        dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
+    return dataset.select(range(min(args.max_rows, len(dataset)))) if args.max_rows else dataset

@@ -27,6 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from .data import load_rows
 from .hub import write_summary
 from .ppo_core import (
     AdaptiveKLController,
@@ -41,27 +42,20 @@ from .ppo_core import (
     masked_mean,
     masked_whiten,
 )
-from .recipe_utils import multi_process_on_cpu
-from .reward import load_rows, render_for_reward, text_to_messages
+from .recipe_utils import RecipeFields
+from .reward import render_for_reward, text_to_messages
 
 RewardFunction = Callable[[list, list[str]], list[float]]
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(RecipeFields, TrainingArguments):
     """PPO hyper-parameters (names as in TRL's last PPOConfig) plus models and data; YAML-configurable."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "SFT policy folder or Hub id."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (optional with "
                                                                           "reward functions)."})
     value_model_path: str | None = field(default=None, metadata={"help": "Value model init (default: the RM)."})
-    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl with a prompt column."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset with a prompt column."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to take prompts from."})
     prompt_column: str = field(default="prompt", metadata={"help": "Text or list of chat messages."})
-    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt."})
     drop_long_prompts: bool = field(default=False, metadata={"help": "Drop (and count) prompts with no room for "
                                                                      "response_length tokens instead of failing."})
     response_length: int = field(default=32, metadata={"help": "Max new tokens per rollout."})
@@ -95,10 +89,8 @@ class PPOConfig(TrainingArguments):
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rollouts per process per micro-batch."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N PPO steps."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N PPO steps."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
 
     def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
         super().__post_init__()
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
@@ -464,7 +456,7 @@ def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] = (),
         resume_from_checkpoint: str | bool | None = None) -> PPOTrainer:
     set_seed(args.seed)
     tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
-    dataset = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    dataset = load_rows(args)
     dataset = check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
     trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -3,6 +3,7 @@
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import TrlParser
@@ -65,3 +66,26 @@ def multi_process_on_cpu() -> bool:
     import torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
+@dataclass
+class RecipeFields:
+    """Fields every post-pretraining recipe config shares, mixed in before the TRL/transformers config class:
+    the starting model, the data, a system prompt, and defaults a CPU or single-GPU user can run unchanged."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The folder or Hub id to start from."})
+    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl/.json/.parquet/.csv files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (load_dataset)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to use."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows (quick runs)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt (use "
+                                                                      "the same one in SFT, RM and RL)."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers (tensorboard, none, ...)."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs); TRL's default is True."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (TRL: True)."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
+
+    def __post_init__(self):
+        self.use_cpu = self.use_cpu or multi_process_on_cpu()
+        super().__post_init__()

@@ -16,43 +16,30 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from .data import check_text_file
+from .data import load_rows
 from .hub import write_summary
-from .recipe_utils import multi_process_on_cpu
+from .recipe_utils import RecipeFields
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardRecipeConfig(RewardConfig):
+class RewardRecipeConfig(RecipeFields, RewardConfig):
     """TRL's RewardConfig plus data fields (every one settable from YAML)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The SFT folder or Hub id."})
-    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl {prompt, chosen, rejected}."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub preference dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Pairs held out for pairwise accuracy."})
-    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N pairs (quick runs)."})
-    system_prompt: str | None = field(default=None, metadata={
-        "help": "System message added to every prompt: the one PPO will use, so the RM sees that text."})
     output_dir: str = field(default="runs/reward", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
     max_length: int | None = field(default=None, metadata={"help": "Context (default: the model's)."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=50, metadata={"help": "Evaluate every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
 
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        super().__post_init__()
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -125,20 +112,6 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     return Dataset.from_list(rows), report
 
 
-def load_rows(data_files: list[str] | None, dataset_name: str | None, dataset_config: str | None, split: str,
-              max_rows: int | None) -> Dataset:
-    if bool(data_files) == bool(dataset_name):
-        raise ValueError("Give exactly one of data_files (local .jsonl files) or dataset_name (Hub).")
-    if data_files:
-        for path in data_files:
-            check_text_file(Path(path))
-        suffix = Path(data_files[0]).suffix.lstrip(".")
-        dataset = load_dataset({"jsonl": "json"}.get(suffix, suffix), data_files=list(data_files), split="train")
-    else:
-        dataset = load_dataset(dataset_name, dataset_config, split=split)
-    return dataset.select(range(min(max_rows, len(dataset)))) if max_rows else dataset
-
-
 def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:
     """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -151,7 +124,7 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
                                                                trust_remote_code=True)
     if args.max_length is None or args.max_length > model.config.max_position_embeddings:
         args.max_length = model.config.max_position_embeddings
-    raw = load_rows(args.data_files, args.dataset_name, args.dataset_config, args.dataset_split, args.max_rows)
+    raw = load_rows(args)
     pairs, report = prepare_preferences(raw, tokenizer, args.max_length, args.system_prompt)
     logger.warning("Preference data: %s", dict(report))
     train, evaluation = pairs, None

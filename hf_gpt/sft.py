@@ -14,30 +14,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .data import check_text_file
+from .data import load_rows
 from .hub import write_summary
-from .recipe_utils import multi_process_on_cpu
+from .recipe_utils import RecipeFields
 
 logger = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
 
 
 @dataclass
-class SFTRecipeConfig(SFTConfig):
+class SFTRecipeConfig(RecipeFields, SFTConfig):
     """TRL's SFTConfig plus data, system prompt and LoRA fields (every one settable from YAML)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Pretrained hf_gpt folder or Hub id."})
-    data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl/.json/.parquet/.csv files."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (load_dataset)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Rows held out for eval loss and samples."})
-    max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows (quick runs)."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System message added to every example."})
     num_sample_answers: int = field(default=4, metadata={"help": "Held-out prompts answered at the end."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -53,14 +46,8 @@ class SFTRecipeConfig(SFTConfig):
     eval_steps: float | None = field(default=50, metadata={"help": "Evaluate every N steps."})
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
 
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        super().__post_init__()
 
 
 # ------------------------------------------------------------------ formats
@@ -166,22 +153,6 @@ def _ids(output) -> list[int]:
     return output["input_ids"] if isinstance(output, dict) or hasattr(output, "keys") else output
 
 
-def load_sft_rows(args: SFTRecipeConfig) -> Dataset:
-    if bool(args.data_files) == bool(args.dataset_name):
-        raise ValueError("Give exactly one of data_files (local .jsonl files) or dataset_name (Hub).")
-    if args.data_files:
-        for path in args.data_files:
-            check_text_file(Path(path))
-        suffix = Path(args.data_files[0]).suffix.lstrip(".")
-        builder = {"jsonl": "json"}.get(suffix, suffix)
-        dataset = load_dataset(builder, data_files=list(args.data_files), split="train")
-    else:
-        dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
-    if args.max_rows:
-        dataset = dataset.select(range(min(args.max_rows, len(dataset))))
-    return dataset
-
-
 # ------------------------------------------------------------------ training
 
 
@@ -217,7 +188,7 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     if args.max_length is None or args.max_length > model.config.max_position_embeddings:
         args.max_length = model.config.max_position_embeddings
-    rows, report = prepare_sft_dataset(load_sft_rows(args), tokenizer, args.max_length, args.system_prompt)
+    rows, report = prepare_sft_dataset(load_rows(args), tokenizer, args.max_length, args.system_prompt)
     logger.warning("SFT data: %s", dict(report))
     train, evaluation = rows, None
     if args.validation_fraction > 0 and len(rows) > 1:

@@ -249,9 +249,11 @@ def test_masked_mean_ignores_masked():
 
 def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path):
     path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
-    from hf_gpt.reward import load_rows
+    from types import SimpleNamespace
 
-    rows = load_rows([str(path)], None, None, "train", 200)
+    from hf_gpt.data import load_rows
+
+    rows = load_rows(SimpleNamespace(data_files=[str(path)], dataset_name=None, max_rows=200))
     short = rows.filter(lambda r: len(r["prompt"]) < 120).select(range(8))
     policy, ref, value = make_models(tokenizer)
     trainer = PPOTrainer(ppo_args(tmp_path, response_length=6), policy, ref, value, tokenizer, short,
