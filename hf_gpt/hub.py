@@ -148,6 +148,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     check_token(token)
     card = render_card(folder, repo_id)
     api = HfApi(token=token)
+    try:
+        ModelCard(card).validate()  # the Hub's own metadata check (/api/validate-yaml)
+    except ValueError as err:
+        raise ValueError(f"The model card's metadata was refused by the Hub: {err}") from None
     operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files_to_upload(folder)]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     try:

@@ -273,12 +273,15 @@ class HfGptModel(HfGptPreTrainedModel):
 
         past_length = cache.get_seq_length() if cache is not None else 0
         length = inputs_embeds.shape[1]
-        if self.config.position_embedding_type != "rope" and past_length + length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Sequence of {past_length + length} tokens is longer than max_position_embeddings="
-                f"{self.config.max_position_embeddings}: truncate the input or train a model with a longer context."
-            )
         if position_ids is None:
+            # Checked only when positions come from the length: packed rows (TRL's padding-free batches) restart
+            # their position_ids, so they can be longer than the context.
+            too_long = past_length + length > self.config.max_position_embeddings
+            if too_long and self.config.position_embedding_type != "rope":
+                raise ValueError(
+                    f"Sequence of {past_length + length} tokens is longer than max_position_embeddings="
+                    f"{self.config.max_position_embeddings}: truncate the input or train a model with a longer context."
+                )
             position_ids = positions_from_attention_mask(attention_mask, past_length, length, inputs_embeds.device)
 
         causal_mask = create_causal_mask(

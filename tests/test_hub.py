@@ -154,3 +154,26 @@ def test_server_error_mid_upload(trained, tmp_path):
         assert hub.repos["tester/x"]["main"] == {}  # no half commit on the Hub either
     finally:
         server.shutdown()
+
+
+def test_recipe_push_to_hub(tmp_path, tokenizer):
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(list(topics.values())[:20]), encoding="utf-8")
+    server, hub, url = start()
+    try:
+        recipe = Path(__file__).parents[1] / "recipes" / "pretrain.py"
+        result = subprocess.run([sys.executable, str(recipe), "--config", "tiny", "--data_files", str(corpus),
+                                 "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--eval_steps", "4",
+                                 "--save_steps", "4", "--push_to_hub", "true", "--hub_model_id", "tester/pushed",
+                                 "--disable_tqdm", "true"], env=hub_env(url, tmp_path), capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files = hub.repos["tester/pushed"]["main"]
+        assert {"model.safetensors", "config.json", "modeling_hf_gpt.py", "tokenizer.json", "README.md"} <= set(files)
+        assert not any(name.endswith(".bin") or name.startswith("checkpoint") for name in files)
+        assert hub.commits == 1  # one commit at the end, not one per checkpoint
+        assert "validation bits per byte" in files["README.md"].decode()
+    finally:
+        server.shutdown()

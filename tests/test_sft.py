@@ -169,3 +169,17 @@ def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_pa
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert evals[-1] < evals[0] - 0.3, evals
     assert (Path(args.output_dir) / "samples.md").exists()
+
+
+def test_packing_keeps_the_response_only_loss(saved_model, tokenizer, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(16)]
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, packing=True, max_steps=2)
+    trainer, _, _ = build_sft_trainer(args)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    assert ids.count(tokenizer.bos_token_id) >= 2  # several examples share one row
+    kept = [t for t in labels if t != -100]
+    assert kept.count(tokenizer.eos_token_id) == ids.count(tokenizer.eos_token_id)  # every reply's eos counts
+    assert tokenizer.convert_tokens_to_ids("<|user|>") not in kept  # prompts never do
+    trainer.train()
+    assert all(h["loss"] == h["loss"] for h in trainer.state.log_history if "loss" in h)  # finite, no NaN
