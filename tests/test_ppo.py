@@ -269,8 +269,9 @@ def test_two_processes_on_cpu(tokenizer, tmp_path):
 
     tokenizer.save_pretrained(tmp_path / "tok")
     driver = Path(__file__).with_name("ppo_driver.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
-           str(tmp_path / "tok"), str(tmp_path / "out")]
+    config = Path(__file__).parents[1] / "recipes" / "accelerate" / "multi_cpu.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           "--main_process_port", "0", str(driver), str(tmp_path / "tok"), str(tmp_path / "out")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
