@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -47,7 +48,7 @@ class DPORecipeConfig(_Common, DPOConfig):
     """TRL's DPOConfig plus our data and model fields."""
 
 
-def _prompts(args) -> "Dataset":  # noqa: F821
+def _prompts(args) -> Dataset:
     rows = load_rows(args)
     if "prompt" not in rows.column_names:
         raise ValueError(f"The data has columns {rows.column_names}; a 'prompt' column is needed.")

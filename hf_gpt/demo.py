@@ -167,7 +167,7 @@ class Pipeline:
             history = trainer.log_history
             after = chat_accuracy(folder, evals, system) if evals else {}
             k = max(len(history) // 4, 1)
-            mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)  # noqa: E731
+            mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)
             return {"steps": len(history), "score_first": mean(history[:k], "objective/scores"),
                     "score_last": mean(history[-k:], "objective/scores"),
                     "kl_max": max(h["objective/kl"] for h in history), "accuracy_after": after.get("accuracy"),
@@ -201,7 +201,7 @@ class Pipeline:
         plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
                    {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
         samples = self.chat_samples(model, tokenizer, system)
-        table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])  # noqa: E731
+        table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])
         text = f"""# hf-gpt pipeline report — data: {self.data_name}
 
 | stage | seconds |

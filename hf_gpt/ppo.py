@@ -287,7 +287,7 @@ class PPOTrainer:
                                        *pg_stats.items()):
                         stats[key].append(value.detach())
         kl_sum = (kl * mask).sum(1)
-        mean = lambda x: self.accelerator.gather_for_metrics(x.float().reshape(-1)).mean().item()  # noqa: E731
+        mean = lambda x: self.accelerator.gather_for_metrics(x.float().reshape(-1)).mean().item()
         metrics = {
             "objective/kl": mean(kl_sum),
             "objective/entropy": mean(batch["entropy"]),
