@@ -36,6 +36,7 @@ class Scale:
     preference_rows: int = 1500
     reward_steps: int = 300
     ppo_steps: int = 40
+    ppo_learning_rate: float = 1e-5
     eval_rows: int = 100
     width: int = 128
     layers: int = 4
@@ -162,7 +163,8 @@ class Pipeline:
                 reward_model_path=str(self.out / "reward"), data_files=[prompts], system_prompt=system,
                 max_rows=400, drop_long_prompts=not world_mode, max_steps=s.ppo_steps,
                 per_device_train_batch_size=16, response_length=24,
-                temperature=0.7, num_ppo_epochs=2, learning_rate=1e-5, kl_coef=0.05, save_steps=0, sample_every=5,
+                temperature=0.7, num_ppo_epochs=2, learning_rate=s.ppo_learning_rate, kl_coef=0.05, save_steps=0,
+                sample_every=5,
                 report_to="none", seed=0))
             history = trainer.log_history
             after = chat_accuracy(folder, evals, system) if evals else {}
