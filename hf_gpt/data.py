@@ -10,12 +10,15 @@ Design choices:
 """
 
 import codecs
-from collections.abc import Iterable, Iterator
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, IterableDataset, concatenate_datasets, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+logger = logging.getLogger(__name__)
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -149,3 +152,32 @@ def load_rows(args) -> Dataset:
     else:
         dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
     return dataset.select(range(min(args.max_rows, len(dataset)))) if args.max_rows else dataset
+
+
+def convert_rows(dataset: Dataset, convert: Callable[[dict], dict],
+                 check: Callable[[dict], tuple[str, str | None] | None], what: str) -> tuple[Dataset, Counter]:
+    """Convert every row, counting what happens instead of failing deep inside a trainer.
+
+    `convert` raises ValueError for a bad row (skipped). `check` returns None to keep the row, (key, None) to keep it
+    and count it under key, or (key, problem) to drop it; skipped and dropped rows are logged with their number."""
+    rows, report, problems = [], Counter(), []
+    for i, row in enumerate(dataset):
+        try:
+            item = convert(row)
+        except ValueError as err:
+            report["skipped: bad row"] += 1
+            problems.append(f"row {i}: {err}")
+            continue
+        if (note := check(item)) is not None:
+            key, problem = note
+            report[key] += 1
+            if problem:
+                problems.append(f"row {i}: {problem}")
+                continue
+        rows.append(item)
+    report["kept"] = len(rows)
+    for line in problems[:10]:
+        logger.warning("%s data: %s", what, line)
+    if not rows:
+        raise ValueError(f"No usable {what} row ({dict(report)}); first problems: {problems[:3]}")
+    return Dataset.from_list(rows), report

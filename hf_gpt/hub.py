@@ -9,6 +9,7 @@ Design choices:
 """
 
 import json
+import math
 from pathlib import Path
 
 import jinja2
@@ -99,14 +100,7 @@ def _count_parameters(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return sum(_prod(f.get_slice(name).get_shape()) for name in f.keys())
-
-
-def _prod(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
+        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
 
 
 def _is_hub_id(name: str) -> bool:

@@ -32,7 +32,7 @@ from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
 from .hub import write_summary
 from .modeling_hf_gpt import HfGptForCausalLM
-from .recipe_utils import multi_process_on_cpu
+from .recipe_utils import final_evaluation, multi_process_on_cpu
 from .tokenizer import special_token_ids, train_tokenizer
 
 
@@ -278,9 +278,8 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
     if resume_from_checkpoint is True:
         resume_from_checkpoint = get_last_checkpoint(args.output_dir)  # None on a fresh run: start from scratch
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
-    if validation is not None and not ("eval_loss" in last and last.get("step") == trainer.state.global_step):
-        trainer.evaluate()  # unless the last step was an eval step already
+    if validation is not None:
+        final_evaluation(trainer)
     trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
     if trainer.is_world_process_zero():
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")

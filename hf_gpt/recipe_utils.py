@@ -89,3 +89,12 @@ class RecipeFields:
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
         super().__post_init__()
+
+
+def final_evaluation(trainer) -> dict:
+    """Eval metrics at the end of training, reusing the last step's evaluation when there was one."""
+    history = trainer.state.log_history
+    last = history[-2] if len(history) > 1 else {}
+    if "eval_loss" in last and last.get("step") == trainer.state.global_step:
+        return last
+    return trainer.evaluate()

@@ -20,7 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from .data import load_rows
+from .data import convert_rows, load_rows
 from .hub import write_summary
 from .recipe_utils import RecipeFields
 
@@ -89,27 +89,15 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     if missing:
         raise ValueError(f"The preference data has columns {dataset.column_names}; missing {missing}. "
                          "Expected {prompt, chosen, rejected}.")
-    rows, report, problems = [], Counter(), []
-    for i, row in enumerate(dataset):
-        try:
-            pair = to_preference(row, system_prompt)
-        except ValueError as err:
-            report["skipped: bad row"] += 1
-            problems.append(f"row {i}: {err}")
-            continue
+
+    def too_long(pair: dict) -> tuple[str, str] | None:
         longest = max(len(render_for_reward(tokenizer, pair["prompt"], pair[k][0]["content"]))
                       for k in ("chosen", "rejected"))
         if longest > max_length:
-            report["dropped: longer than the context"] += 1
-            problems.append(f"row {i}: {longest} tokens > max_length {max_length}")
-            continue
-        rows.append(pair)
-    report["kept"] = len(rows)
-    for line in problems[:10]:
-        logger.warning("Preference data: %s", line)
-    if not rows:
-        raise ValueError(f"No usable preference pair ({dict(report)}); first problems: {problems[:3]}")
-    return Dataset.from_list(rows), report
+            return "dropped: longer than the context", f"{longest} tokens > max_length {max_length}"
+        return None
+
+    return convert_rows(dataset, lambda row: to_preference(row, system_prompt), too_long, "Preference")
 
 
 def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:

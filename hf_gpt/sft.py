@@ -18,9 +18,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .data import load_rows
+from .data import convert_rows, load_rows
 from .hub import write_summary
-from .recipe_utils import RecipeFields
+from .recipe_utils import RecipeFields, final_evaluation
 
 logger = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
@@ -115,28 +115,14 @@ def prepare_sft_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
                         system_prompt: str | None = None) -> tuple[Dataset, Counter]:
     """Convert to conversations, skip bad rows and rows with no response token inside max_length; count both."""
     check_columns(dataset.column_names)
-    rows, report, examples = [], Counter(), []
-    for i, row in enumerate(dataset):
-        try:
-            converted = to_conversation(row, system_prompt)
-        except ValueError as err:
-            report["skipped: bad row"] += 1
-            examples.append(f"row {i}: {err}")
-            continue
-        prompt_length, full_length = _lengths(converted, tokenizer)
+
+    def fits(example: dict) -> tuple[str, str | None] | None:
+        prompt_length, full_length = _lengths(example, tokenizer)
         if prompt_length >= max_length:
-            report["dropped: prompt fills the context"] += 1
-            examples.append(f"row {i}: prompt of {prompt_length} tokens >= max_length {max_length}")
-            continue
-        if full_length > max_length:
-            report["truncated (response cut at max_length)"] += 1
-        rows.append(converted)
-    report["kept"] = len(rows)
-    for line in examples[:10]:
-        logger.warning("SFT data: %s", line)
-    if not rows:
-        raise ValueError(f"No usable SFT example ({dict(report)}); first problems: {examples[:3]}")
-    return Dataset.from_list(rows), report
+            return "dropped: prompt fills the context", f"prompt of {prompt_length} tokens >= max_length {max_length}"
+        return ("truncated (response cut at max_length)", None) if full_length > max_length else None
+
+    return convert_rows(dataset, lambda row: to_conversation(row, system_prompt), fits, "SFT")
 
 
 def _lengths(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
@@ -219,11 +205,7 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
     if resume_from_checkpoint is True:
         resume_from_checkpoint = get_last_checkpoint(args.output_dir)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
-    metrics = {}
-    if evaluation is not None:  # unless the last step already evaluated
-        done = "eval_loss" in last and last.get("step") == trainer.state.global_step
-        metrics = last if done else trainer.evaluate()
+    metrics = final_evaluation(trainer) if evaluation is not None else {}
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report)},
