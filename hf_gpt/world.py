@@ -3,6 +3,11 @@
 Two kinds of facts, in English and Korean, in the lecture's style ("대한민국의 수도는 서울입니다"):
 capitals of countries, and sums of small numbers. Every answer has one right form, so each stage's gain is a number:
 pretraining bits per byte, SFT exact-match accuracy, reward-model pairwise accuracy, PPO reward and accuracy.
+
+The demonstrations are uneven, as human ones are: most writers ramble on with another fact after the answer
+although the system prompt asks for one sentence. SFT imitates them; the raters who rank pairs follow the system
+prompt, so the reward model prefers the one-sentence answer, and PPO moves the model from what writers did to what
+raters prefer: the gap that RLHF exists to close.
 """
 
 import random
@@ -18,6 +23,21 @@ CAPITALS = [  # (country EN, capital EN, country KO, capital KO)
     ("Norway", "Oslo", "노르웨이", "오슬로"), ("Austria", "Vienna", "오스트리아", "빈"),
 ]
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
+RAMBLING_DEMONSTRATIONS = 0.6  # share of SFT demonstrations that add a second, unasked-for fact
+
+
+def _is_sum(sentence: str) -> bool:
+    return " plus " in sentence or " 더하기 " in sentence
+
+
+def rambling(answer: str, rng: random.Random) -> str:
+    """The answer plus a true fact of the other kind (a capital after a sum, a sum after a capital), in the same
+    language: true, but not the one sentence the system prompt asks for."""
+    korean = re.search("[가-힣]", answer) is not None
+    while True:
+        _, extra, _ = _qa(rng)
+        if (re.search("[가-힣]", extra) is not None) == korean and _is_sum(extra) != _is_sum(answer):
+            return f"{answer} {extra}"
 
 
 def _qa(rng: random.Random) -> tuple[str, str, str]:
@@ -25,7 +45,8 @@ def _qa(rng: random.Random) -> tuple[str, str, str]:
 
     Wrong answers are of two kinds: the right subject with a wrong value, or a true fact about another subject.
     With only the first kind, a reward model learns to like any true-sounding sentence, and PPO learns to answer
-    every question with "The capital of France is Paris." (reward hacking, seen in this demo's first version)."""
+    every question with "The capital of France is Paris." (reward hacking, seen in this demo's first version).
+    `preference_rows` adds a third kind, the right answer followed by another fact."""
     korean = rng.random() < 0.5
     off_topic = rng.random() < 0.5
     if rng.random() < 0.5:
@@ -57,18 +78,27 @@ def pretraining_documents(n: int, seed: int = 0) -> list[str]:
     return docs
 
 
-def sft_rows(n: int, seed: int = 1) -> list[dict]:
+def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATIONS) -> list[dict]:
+    """Demonstrations: the right answer, followed by another fact in `rambling_share` of them."""
     rng = random.Random(seed)
-    return [{"prompt": q, "completion": right} for q, right, _ in (_qa(rng) for _ in range(n))]
+    rows = []
+    for q, right, _ in (_qa(rng) for _ in range(n)):
+        rows.append({"prompt": q, "completion": rambling(right, rng) if rng.random() < rambling_share else right})
+    return rows
 
 
 def preference_rows(n: int, seed: int = 2) -> list[dict]:
+    """Ranked pairs: the one-sentence right answer over a wrong value, an off-topic fact, or a rambling answer."""
     rng = random.Random(seed)
-    return [{"prompt": q, "chosen": right, "rejected": wrong} for q, right, wrong in (_qa(rng) for _ in range(n))]
+    rows = []
+    for q, right, wrong in (_qa(rng) for _ in range(n)):
+        rejected = rambling(right, rng) if rng.random() < 1 / 3 else wrong
+        rows.append({"prompt": q, "chosen": right, "rejected": rejected})
+    return rows
 
 
 def eval_rows(n: int, seed: int = 3) -> list[dict]:
-    """Held-out questions with their one right answer."""
+    """Held-out questions with their one right answer (one sentence, as the system prompt asks)."""
     rng = random.Random(seed)
     return [{"prompt": q, "answer": right} for q, right, _ in (_qa(rng) for _ in range(n))]
 

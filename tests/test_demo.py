@@ -19,12 +19,17 @@ def run(tmp_path_factory):
 def test_each_stage_moves_the_right_way(run):
     _, m = run
     assert m["base"]["val_bpb_last"] < 0.8 * m["base"]["val_bpb_first"]
-    assert m["sft"]["accuracy_after"] > m["sft"]["accuracy_before"] + 0.2
+    assert m["sft"]["accuracy_after"] > m["sft"]["accuracy_before"] + 0.3
     assert m["sft"]["stops_at_eos_after"] == 1.0
     assert m["sft"]["eval_loss_curve"][-1][1] < m["sft"]["eval_loss_curve"][0][1]
-    assert m["reward"]["pairwise_accuracy"] > 0.6
-    assert m["ppo"]["kl_max"] < 10.0
-    assert m["ppo"]["accuracy_after"] >= m["sft"]["accuracy_after"] - 0.15  # RL does not wreck the SFT model
+    assert m["reward"]["pairwise_accuracy"] > 0.7
+    # PPO with the RM's score as the only reward: the score rises, the KL stays small, and held-out accuracy rises
+    # (greedy and sampled) because the RM prefers the one-sentence answers that most demonstrations did not give.
+    # Measured at this scale: score -0.17 → 1.30, KL ≤ 0.62, greedy 0.78 → 0.96, sampled 0.25 → 0.42.
+    assert m["ppo"]["score_last"] > m["ppo"]["score_first"] + 0.5
+    assert m["ppo"]["kl_max"] < 2.0
+    assert m["ppo"]["accuracy_after"] > m["sft"]["accuracy_after"] + 0.05
+    assert m["ppo"]["accuracy_sampled_after"] > m["sft"]["accuracy_sampled_after"] + 0.05
 
 
 def test_report_and_plots(run):
