@@ -24,9 +24,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check hf_gpt recipes tests bench
 
-# The main job on the embedded default (no download, no ../shared): see hf_gpt/demo.py.
+# The main job on the embedded default (no download, no ../shared): see hf_gpt/demo.py. Offline, unless DATA
+# names three sources PRETRAIN,SFT,PREFERENCES, which may be Hub datasets.
+comma := ,
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m hf_gpt.demo $(if $(DATA),--data $(DATA),) $(DEMO_ARGS)
+	HF_HUB_OFFLINE=$(if $(findstring $(comma),$(DATA)),0,1) $(BIN)/python -m hf_gpt.demo \
+		$(if $(DATA),--data "$(DATA)",) $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python bench/model_bench.py

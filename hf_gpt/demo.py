@@ -59,23 +59,47 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def world_data(folder: Path, scale: Scale) -> dict[str, list[str]]:
-    return {
-        "pretrain": [write_jsonl(folder / "pretrain.jsonl",
-                                 [{"text": t} for t in world.pretraining_documents(scale.documents)])],
-        "sft": [write_jsonl(folder / "sft.jsonl", world.sft_rows(scale.sft_rows))],
-        "preferences": [write_jsonl(folder / "preferences.jsonl", world.preference_rows(scale.preference_rows))],
+STAGES_DATA = ("pretrain", "sft", "preferences")
+FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
+
+
+def world_data(folder: Path, scale: Scale) -> dict[str, dict]:
+    files = {
+        "pretrain": write_jsonl(folder / "pretrain.jsonl",
+                                [{"text": t} for t in world.pretraining_documents(scale.documents)]),
+        "sft": write_jsonl(folder / "sft.jsonl", world.sft_rows(scale.sft_rows)),
+        "preferences": write_jsonl(folder / "preferences.jsonl", world.preference_rows(scale.preference_rows)),
     }
+    return {stage: {"data_files": [path]} for stage, path in files.items()}
 
 
-def preset_data(name: str) -> dict[str, list[str]]:
+def data_source(spec: str) -> dict:
+    """One stage's data as config fields: a local file → data_files; a Hub name, or a local dataset folder (which
+    `load_dataset` reads the same way) → dataset_name."""
+    if Path(spec).is_file():
+        return {"data_files": [spec]}
+    if Path(spec).is_dir():
+        return {"dataset_name": spec}
+    if spec.endswith(FILE_TYPES) or spec.startswith((".", "/")):
+        raise FileNotFoundError(f"{spec} is missing: give an existing file or a Hub dataset name.")
+    return {"dataset_name": spec}
+
+
+def preset_data(name: str) -> dict[str, dict]:
+    """A preset (../shared/data), or "PRETRAIN,SFT,PREFERENCES": three local files or Hub dataset names."""
+    if "," in name:
+        specs = [part.strip() for part in name.split(",")]
+        if len(specs) != 3 or not all(specs):
+            raise ValueError(f"DATA={name!r}: give three sources, PRETRAIN,SFT,PREFERENCES (files or Hub names).")
+        return {stage: data_source(spec) for stage, spec in zip(STAGES_DATA, specs)}
     if name not in PRESETS:
-        raise ValueError(f"Unknown DATA preset {name!r}: use world (default), {', '.join(PRESETS)}.")
+        raise ValueError(f"Unknown DATA preset {name!r}: use world (default), {', '.join(PRESETS)}, or three "
+                         "sources PRETRAIN,SFT,PREFERENCES (local files or Hub dataset names).")
     paths = [[str(SHARED / p) for p in group] for group in PRESETS[name]]
     for path in (p for group in paths for p in group):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo.")
-    return dict(zip(("pretrain", "sft", "preferences"), paths))
+    return {stage: {"data_files": group} for stage, group in zip(STAGES_DATA, paths)}
 
 
 def is_right(answer: str, right: str, eos: str) -> bool:
@@ -137,7 +161,7 @@ class Pipeline:
 
         def pretrain_stage(folder: Path) -> dict:
             trainer = pretrain(PretrainConfig(
-                output_dir=str(folder), data_files=data["pretrain"], vocab_size=1024, block_size=64,
+                output_dir=str(folder), **data["pretrain"], vocab_size=1024, block_size=64,
                 max_position_embeddings=128, n_layer=s.layers,
                 n_head=4, n_embd=s.width, per_device_train_batch_size=16, max_steps=s.pretrain_steps,
                 learning_rate=2e-3, eval_steps=max(s.pretrain_steps // 5, 1), logging_steps=10,
@@ -150,7 +174,7 @@ class Pipeline:
         def sft_stage(folder: Path) -> dict:
             before = chat_accuracy(self.out / "base", evals, system) if evals else {}
             trainer = sft(SFTRecipeConfig(
-                output_dir=str(folder), model_name_or_path=str(self.out / "base"), data_files=data["sft"],
+                output_dir=str(folder), model_name_or_path=str(self.out / "base"), **data["sft"],
                 system_prompt=system, max_steps=s.sft_steps, per_device_train_batch_size=16, learning_rate=1e-3,
                 eval_steps=max(s.sft_steps // 4, 1), logging_steps=10, max_rows=s.sft_rows, eval_on_start=True,
                 lr_scheduler_type="cosine", **common))
@@ -161,7 +185,7 @@ class Pipeline:
 
         def reward_stage(folder: Path) -> dict:
             train_reward_model(RewardRecipeConfig(
-                output_dir=str(folder), model_name_or_path=str(self.out / "sft"), data_files=data["preferences"],
+                output_dir=str(folder), model_name_or_path=str(self.out / "sft"), **data["preferences"],
                 max_rows=s.preference_rows, max_steps=s.reward_steps, system_prompt=system,
                 per_device_train_batch_size=16,
                 learning_rate=s.reward_learning_rate, eval_steps=max(s.reward_steps // 3, 1), logging_steps=10,
@@ -170,14 +194,14 @@ class Pipeline:
             return {"steps": s.reward_steps, "pairwise_accuracy": metrics["pairwise_accuracy"]}
 
         def ppo_stage(folder: Path) -> dict:
-            prompts = write_jsonl(self.out / "data" / "ppo_prompts.jsonl",
-                                  [{"prompt": r["prompt"]} for r in world.eval_rows(400, seed=4)]) \
-                if world_mode else data["preferences"][0]
+            prompts = {"data_files": [write_jsonl(self.out / "data" / "ppo_prompts.jsonl",
+                                                  [{"prompt": r["prompt"]} for r in world.eval_rows(400, seed=4)])]} \
+                if world_mode else data["preferences"]  # PPO reads the prompts of the preference data
             # Reward = the RM's score alone, as in the lecture (no checker): accuracy rises only as far as the RM
             # is right. It is weakest on sums with a near-miss value: see docs/experiments.md.
             trainer = ppo(PPOConfig(
                 output_dir=str(folder), model_name_or_path=str(self.out / "sft"),
-                reward_model_path=str(self.out / "reward"), data_files=[prompts], system_prompt=system,
+                reward_model_path=str(self.out / "reward"), **prompts, system_prompt=system,
                 max_rows=400, drop_long_prompts=not world_mode, max_steps=s.ppo_steps,
                 per_device_train_batch_size=16, response_length=32,
                 temperature=0.7, num_ppo_epochs=2, learning_rate=s.ppo_learning_rate, kl_coef=0.05, save_steps=0,
@@ -295,12 +319,13 @@ class Pipeline:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="world", help="world (default, offline), english or korean")
+    parser.add_argument("--data", default="world", help="world (default, offline), english, korean, or three sources "
+                        "PRETRAIN,SFT,PREFERENCES, each a local file or a Hub dataset name")
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
     parser.add_argument("--output-dir", type=Path, default=None, help="default runs/<data>")
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")
     args = parser.parse_args(argv)
-    out = args.output_dir or Path("runs") / args.data
+    out = args.output_dir or Path("runs") / ("custom" if "," in args.data else args.data)
     start = time.perf_counter()
     try:
         metrics = Pipeline(out, args.data, SCALES[args.scale], args.fresh).run()

@@ -231,6 +231,10 @@ class PPOTrainer:
         columns = []
         if self.reward_model is not None:
             ids = [render_for_reward(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
+            # Decoded text can re-encode longer than it was generated (a half-trained model's stray bytes come back
+            # as U+FFFD, three bytes each): keep the end, the reply and its eos that the RM reads its score at.
+            limit = self.reward_model.config.max_position_embeddings
+            ids = [row[-limit:] for row in ids]
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.accelerator.device)
             columns.append(self.reward_model(**batch).logits[:, 0].float())
         for func in self.reward_funcs:

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from hf_gpt.demo import SCALES, Pipeline, main
+from hf_gpt import world
+from hf_gpt.demo import SCALES, Pipeline, Scale, main, preset_data, write_jsonl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -54,3 +55,31 @@ def test_second_run_reuses_finished_stages(run, capsys):
 def test_unknown_data_preset_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="Unknown DATA preset 'martian'"):
         main(["--data", "martian", "--output-dir", str(tmp_path)])
+
+
+def test_data_sources_map_to_files_or_hub_names(tmp_path):
+    (tmp_path / "pre.txt").write_text("some text\n")
+    data = preset_data(f"{tmp_path / 'pre.txt'},{tmp_path},org/preferences")
+    assert data == {"pretrain": {"data_files": [str(tmp_path / "pre.txt")]}, "sft": {"dataset_name": str(tmp_path)},
+                    "preferences": {"dataset_name": "org/preferences"}}
+    with pytest.raises(FileNotFoundError, match="missing.jsonl is missing"):
+        preset_data("missing.jsonl,org/a,org/b")
+    with pytest.raises(ValueError, match="give three sources"):
+        preset_data("org/a,org/b")
+    with pytest.raises(SystemExit, match="give three sources"):
+        main(["--data", "org/a,", "--output-dir", str(tmp_path / "out")])
+
+
+def test_pipeline_on_named_sources(tmp_path):
+    """The real-data path (no checker, prompts from the preference data), with the SFT and preference data given as
+    dataset folders: `load_dataset(name)` reads them as it reads a Hub name."""
+    pre = write_jsonl(tmp_path / "pre.jsonl", [{"text": t} for t in world.pretraining_documents(300)])
+    write_jsonl(tmp_path / "sft" / "train.jsonl", world.sft_rows(64))
+    write_jsonl(tmp_path / "pref" / "train.jsonl", world.preference_rows(64))
+    scale = Scale(pretrain_steps=5, sft_rows=64, sft_steps=2, preference_rows=64, reward_steps=2, ppo_steps=2,
+                  width=32, layers=1)
+    out = tmp_path / "run"
+    m = Pipeline(out, f"{pre},{tmp_path / 'sft'},{tmp_path / 'pref'}", scale, fresh=False).run()
+    assert m["base"]["steps"] == 5 and m["sft"]["steps"] == 2 and m["ppo"]["steps"] == 2
+    assert "accuracy_after" not in m["sft"]  # no checker for real data
+    assert (out / "report.md").exists() and (out / "ppo" / "model.safetensors").exists()
