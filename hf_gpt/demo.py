@@ -284,15 +284,13 @@ class Pipeline:
 
     def accuracy_table(self) -> str:
         """Held-out exact-match accuracy after each stage (world data only: real data has no checker)."""
-        rows = [{"model": name, "greedy": self.metrics[name].get("accuracy_after"),
-                 "sampled (τ = 1)": self.metrics[name].get("accuracy_sampled_after"),
-                 "stops at eos": self.metrics[name].get("stops_at_eos_after")} for name in ("sft", "ppo")]
-        base = self.metrics["sft"]
-        rows.insert(0, {"model": "base", "greedy": base.get("accuracy_before"),
-                        "sampled (τ = 1)": base.get("accuracy_sampled_before"),
-                        "stops at eos": base.get("stops_at_eos_before")})
-        if base.get("accuracy_after") is None:
+        sft = self.metrics["sft"]
+        if sft.get("accuracy_after") is None:
             return ""
+        stages = {"base": (sft, "before"), "sft": (sft, "after"), "ppo": (self.metrics["ppo"], "after")}
+        rows = [{"model": name, "greedy": m.get(f"accuracy_{when}"),
+                 "sampled (τ = 1)": m.get(f"accuracy_sampled_{when}"), "stops at eos": m.get(f"stops_at_eos_{when}")}
+                for name, (m, when) in stages.items()]
         return ("Exact-match accuracy on held-out questions (the one right sentence, then eos). Most demonstrations "
                 "ramble on after the answer, so SFT does too; the raters' pairs prefer one sentence, and PPO moves "
                 "the model there.\n\n" + markdown_table(rows))

@@ -38,6 +38,7 @@ def test_report_and_plots(run):
     report = (out / "report.md").read_text()
     for heading in ("Pretraining", "SFT", "Reward model", "PPO", "Talking to the final model"):
         assert heading in report
+    assert "Exact-match accuracy" in report and "| ppo |" in report  # the base → SFT → PPO accuracy table
     for name in ("position_encoding", "attention", "sft_loss_mask", "pretrain_bpb", "sft_eval_loss", "ppo_reward_kl"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG, name
     assert (out / "base" / "curves.png").read_bytes()[:8] == PNG
@@ -82,4 +83,5 @@ def test_pipeline_on_named_sources(tmp_path):
     m = Pipeline(out, f"{pre},{tmp_path / 'sft'},{tmp_path / 'pref'}", scale, fresh=False).run()
     assert m["base"]["steps"] == 5 and m["sft"]["steps"] == 2 and m["ppo"]["steps"] == 2
     assert "accuracy_after" not in m["sft"]  # no checker for real data
-    assert (out / "report.md").exists() and (out / "ppo" / "model.safetensors").exists()
+    assert "Exact-match accuracy" not in (out / "report.md").read_text()
+    assert (out / "ppo" / "model.safetensors").exists()
