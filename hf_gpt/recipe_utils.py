@@ -98,3 +98,12 @@ def final_evaluation(trainer) -> dict:
     if "eval_loss" in last and last.get("step") == trainer.state.global_step:
         return last
     return trainer.evaluate()
+
+
+def hold_out(dataset, args) -> tuple:
+    """Split off `args.validation_fraction` for evaluation; with nothing held out, turn eval steps off."""
+    if args.validation_fraction > 0 and len(dataset) > 1:
+        split = dataset.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        return split["train"], split["test"]
+    args.eval_strategy = "no"
+    return dataset, None

@@ -22,7 +22,7 @@ from trl import RewardConfig, RewardTrainer
 
 from .data import convert_rows, load_rows
 from .hub import write_summary
-from .recipe_utils import RecipeFields
+from .recipe_utils import RecipeFields, hold_out
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
     raw = load_rows(args)
     pairs, report = prepare_preferences(raw, tokenizer, args.max_length, args.system_prompt)
     logger.warning("Preference data: %s", dict(report))
-    train, evaluation = pairs, None
-    if args.validation_fraction > 0 and len(pairs) > 1:
-        split = pairs.train_test_split(test_size=args.validation_fraction, seed=args.seed)
-        train, evaluation = split["train"], split["test"]
-    if evaluation is None:
-        args.eval_strategy = "no"  # nothing held out: no eval steps
+    train, evaluation = hold_out(pairs, args)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                             processing_class=tokenizer)
     if resume_from_checkpoint is True:

@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .data import convert_rows, load_rows
 from .hub import write_summary
-from .recipe_utils import RecipeFields, final_evaluation
+from .recipe_utils import RecipeFields, final_evaluation, hold_out
 
 logger = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
@@ -176,12 +176,7 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
         args.max_length = model.config.max_position_embeddings
     rows, report = prepare_sft_dataset(load_rows(args), tokenizer, args.max_length, args.system_prompt)
     logger.warning("SFT data: %s", dict(report))
-    train, evaluation = rows, None
-    if args.validation_fraction > 0 and len(rows) > 1:
-        split = rows.train_test_split(test_size=args.validation_fraction, seed=args.seed)
-        train, evaluation = split["train"], split["test"]
-    if evaluation is None:
-        args.eval_strategy = "no"  # nothing held out: no eval steps
+    train, evaluation = hold_out(rows, args)
     if "messages" in rows.column_names:
         args.assistant_only_loss = True
     else:
