@@ -75,9 +75,9 @@ def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_pa
     data = write_jsonl(tmp_path / "pairs.jsonl", parity_pairs(numbers))
     args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
                               data_files=[str(data)], validation_fraction=0.25, per_device_train_batch_size=16,
-                              max_steps=120, learning_rate=3e-3, eval_steps=120, save_strategy="no",
+                              max_steps=200, learning_rate=1e-3, eval_steps=200, save_strategy="no",
                               disable_tqdm=True, lr_scheduler_type="constant")
-    trainer = train_reward_model(args)
+    trainer = train_reward_model(args)  # 160 steps at 1e-3 already ranked 1.00 for seeds 0-7 (120 at 3e-3: 0.59-1.00)
     metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
     assert metrics["pairwise_accuracy"] >= 0.9, metrics  # on 100 held-out numbers never seen in training
     # What RewardTrainer trained on is exactly what PPO will score.
