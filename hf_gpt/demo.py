@@ -132,8 +132,8 @@ def chat_accuracy(folder: Path, rows: list[dict], system_prompt: str, samples: i
 
 
 class Pipeline:
-    def __init__(self, out: Path, data: str, scale: Scale, fresh: bool):
-        self.out, self.data_name, self.scale, self.fresh = out, data, scale, fresh
+    def __init__(self, out: Path, data: str, scale: Scale, fresh: bool, seed: int = 0):
+        self.out, self.data_name, self.scale, self.fresh, self.seed = out, data, scale, fresh, seed
         self.metrics: dict[str, dict] = {}
 
     def stage(self, name: str, run: Callable[[Path], dict]) -> dict:
@@ -157,7 +157,7 @@ class Pipeline:
         data = world_data(self.out / "data", s) if world_mode else preset_data(self.data_name)
         system = world.SYSTEM_PROMPT
         evals = world.eval_rows(s.eval_rows) if world_mode else []
-        common = dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=0)
+        common = dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=self.seed)
 
         def pretrain_stage(folder: Path) -> dict:
             trainer = pretrain(PretrainConfig(
@@ -206,7 +206,7 @@ class Pipeline:
                 per_device_train_batch_size=16, response_length=32,
                 temperature=0.7, num_ppo_epochs=2, learning_rate=s.ppo_learning_rate, kl_coef=0.05, save_steps=0,
                 sample_every=5,
-                report_to="none", seed=0))
+                report_to="none", seed=self.seed))
             history = trainer.log_history
             after = chat_accuracy(folder, evals, system) if evals else {}
             k = max(len(history) // 4, 1)
@@ -322,11 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
     parser.add_argument("--output-dir", type=Path, default=None, help="default runs/<data>")
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay the same)")
     args = parser.parse_args(argv)
     out = args.output_dir or Path("runs") / ("custom" if "," in args.data else args.data)
     start = time.perf_counter()
     try:
-        metrics = Pipeline(out, args.data, SCALES[args.scale], args.fresh).run()
+        metrics = Pipeline(out, args.data, SCALES[args.scale], args.fresh, args.seed).run()
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"\n=== hf-gpt demo ({args.data}) done in {time.perf_counter() - start:.0f} s: {out / 'report.md'} ===")
