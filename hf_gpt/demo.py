@@ -137,17 +137,18 @@ class Pipeline:
         self.metrics: dict[str, dict] = {}
 
     def stage(self, name: str, run: Callable[[Path], dict]) -> dict:
-        """Run a stage into out/<name>, or reuse it if it finished before."""
+        """Run a stage into out/<name>, or reuse it if it finished before with the same seed."""
         folder, done = self.out / name, self.out / name / "stage.json"
-        if done.exists() and not self.fresh:
+        before = json.loads(done.read_text()) if done.exists() and not self.fresh else None
+        if before is not None and before.get("seed", 0) == self.seed:
             print(f"[{name}] reusing {folder} (finished before; --fresh to redo)")
-            self.metrics[name] = json.loads(done.read_text())
-            return self.metrics[name]
+            self.metrics[name] = before
+            return before
         if folder.exists():
             shutil.rmtree(folder)
-        print(f"\n[{name}] ...")
+        print(f"\n[{name}] ..." + (f" (seed {before.get('seed', 0)} → {self.seed}: redone)" if before else ""))
         start = time.perf_counter()
-        metrics = {**run(folder), "seconds": round(time.perf_counter() - start, 1)}
+        metrics = {**run(folder), "seed": self.seed, "seconds": round(time.perf_counter() - start, 1)}
         done.write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
         self.metrics[name] = metrics
         return metrics

@@ -55,6 +55,20 @@ def test_second_run_reuses_finished_stages(run, capsys):
     assert json.loads((out / "ppo" / "stage.json").read_text())["steps"] == first["ppo"]["steps"]
 
 
+def test_another_seed_redoes_a_finished_stage(tmp_path):
+    runs = []
+
+    def stage(seed: int) -> dict:
+        def train(folder):
+            folder.mkdir()
+            runs.append(seed)
+            return {}
+        return Pipeline(tmp_path, "world", SCALES["tiny"], fresh=False, seed=seed).stage("base", train)
+
+    assert stage(0)["seed"] == 0 and stage(0)["seed"] == 0 and runs == [0]  # the second call reuses
+    assert stage(1)["seed"] == 1 and runs == [0, 1]  # same folder, other seed: redone, not reused
+
+
 def test_unknown_data_preset_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="Unknown DATA preset 'martian'"):
         main(["--data", "martian", "--output-dir", str(tmp_path)])
