@@ -1,8 +1,12 @@
-"""The `hf-gpt` command line: `hf-gpt tokenizer train`, `hf-gpt generate`, `hf-gpt chat`, `hf-gpt push`."""
+"""The `hf-gpt` command line: `hf-gpt tokenizer train`, `hf-gpt generate`, `hf-gpt chat`, `hf-gpt push`, `hf-gpt serve`,
+and the training recipes `hf-gpt pretrain|sft|reward|ppo|grpo|rloo|dpo` (the same as `python recipes/<stage>.py`, for
+an installed package without the repository)."""
 
 import argparse
 import sys
 from pathlib import Path
+
+from .recipe_utils import RECIPES, run_recipe
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -22,7 +26,8 @@ def _sampling(args: argparse.Namespace) -> dict:
 def _generate(args: argparse.Namespace) -> None:
     from .generation import generate_text
 
-    texts = generate_text(args.model, args.prompt, seed=args.seed, stream=args.stream, **_sampling(args))
+    texts = generate_text(args.model, args.prompt, seed=args.seed, stream=args.stream,
+                          trust_remote_code=args.trust_remote_code, **_sampling(args))
     if not args.stream:
         for text in texts:
             print(text)
@@ -35,7 +40,7 @@ def _chat(args: argparse.Namespace) -> None:
         import torch
 
         torch.manual_seed(args.seed)
-    chat_loop(args.model, args.system, **_sampling(args))
+    chat_loop(args.model, args.system, trust_remote_code=args.trust_remote_code, **_sampling(args))
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -52,6 +57,8 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run modelling code from the folder or repo (off by default, as in transformers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="a multi-turn chat with a system prompt")
     chat.add_argument("model", help="a saved folder or a Hub id")
-    chat.add_argument("--system", default="You are a helpful assistant.", help="the system prompt")
+    chat.add_argument("--system", default=None, help="a system prompt (default: none)")
     _add_sampling(chat)
     chat.set_defaults(func=_chat)
 
@@ -90,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="transformers serve (OpenAI-compatible) for hf_gpt models; "
                                       "takes transformers serve's options", add_help=False)
+    for stage in RECIPES:
+        commands.add_parser(stage, help=f"the {stage} recipe: --config <preset or YAML> and any config field as a "
+                                        "flag (as recipes/{stage}.py)", add_help=False)
     return parser
 
 
@@ -99,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         from .serve import main as serve
 
         sys.exit(serve(argv[1:]))
+    if argv[:1] and argv[0] in RECIPES:  # the recipe's own parser (TrlParser) reads the rest
+        run_recipe(argv[0], argv[1:])
+        return
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

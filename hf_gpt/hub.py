@@ -10,6 +10,7 @@ Design choices:
 
 import json
 import math
+from importlib.resources import files
 from pathlib import Path
 
 import jinja2
@@ -17,7 +18,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+TEMPLATES = "hf_gpt.model_cards"  # the top-level model_cards/, shipped in the wheel as package data
 SUMMARY = "training_summary.json"
 STAGES = ("base", "sft", "reward", "ppo")
 UPLOADED = ("*.safetensors", "*.json", "*.py", "*.jinja", "*.txt", "*.png", "samples.md")
@@ -68,7 +69,8 @@ def render_card(folder: str | Path, repo_id: str) -> str:
         else "text-classification", tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
         base_model=base_model if base_model and _is_hub_id(base_model) else None, model_name=repo_id,
         eval_results=eval_results)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: (files(TEMPLATES) / name).read_text("utf-8")),
+                             keep_trailing_newline=True)
     weights = folder / "model.safetensors"
     num_parameters = _count_parameters(weights) if weights.exists() else 0
     text = env.get_template(f"{stage}.md.j2").render(

@@ -1,25 +1,44 @@
-"""What every recipe script shares: YAML + flags parsing (TRL's TrlParser), presets by name, one-line errors."""
+"""What every recipe shares: YAML + flags parsing (TRL's TrlParser), presets by name, loading a stage's model,
+resume, and one-line errors. `run_recipe(stage)` is the whole of `recipes/<stage>.py` and of `hf-gpt <stage>`."""
 
+import importlib
+import json
+import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from trl import TrlParser
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+logger = logging.getLogger(__name__)
+
+# recipes/configs/*.yaml, shipped in the wheel as the package data `hf_gpt.recipe_configs` (see pyproject.toml).
+CONFIG_PACKAGE = "hf_gpt.recipe_configs"
+# stage → (module, config class, training function); every function takes (args, resume_from_checkpoint=...).
+RECIPES = {
+    "pretrain": ("hf_gpt.pretrain", "PretrainConfig", "pretrain"),
+    "sft": ("hf_gpt.sft", "SFTRecipeConfig", "sft"),
+    "reward": ("hf_gpt.reward", "RewardRecipeConfig", "train_reward_model"),
+    "ppo": ("hf_gpt.ppo", "PPOConfig", "ppo"),
+    "grpo": ("hf_gpt.alternatives", "GRPORecipeConfig", "grpo"),
+    "rloo": ("hf_gpt.alternatives", "RLOORecipeConfig", "rloo"),
+    "dpo": ("hf_gpt.alternatives", "DPORecipeConfig", "dpo"),
+}
 
 
-def resolve_config(value: str, stage: str, config_dir: Path = CONFIG_DIR) -> str:
+def resolve_config(value: str, stage: str) -> str:
     """`--config` takes a YAML path or a preset name: `shakespeare` → recipes/configs/<stage>_shakespeare.yaml."""
     if Path(value).is_file():
         return value
-    candidate = config_dir / f"{stage}_{value}.yaml"
-    if candidate.is_file():
-        return str(candidate)
-    presets = sorted(p.stem.removeprefix(f"{stage}_") for p in config_dir.glob(f"{stage}_*.yaml"))
-    raise ValueError(f"Unknown {stage} config {value!r}: give a YAML file or one of the presets: {', '.join(presets)}.")
+    presets = {p.name: p for p in files(CONFIG_PACKAGE).iterdir() if p.name.endswith(".yaml")}
+    if f"{stage}_{value}.yaml" in presets:
+        return str(presets[f"{stage}_{value}.yaml"])
+    names = sorted(n.removeprefix(f"{stage}_").removesuffix(".yaml") for n in presets if n.startswith(f"{stage}_"))
+    raise ValueError(f"Unknown {stage} config {value!r}: give a YAML file or one of the presets: {', '.join(names)}.")
 
 
 def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None = None) -> tuple:
@@ -27,7 +46,8 @@ def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         i = argv.index("--config") + 1
         argv[i] = resolve_config(argv[i], stage)
-    return TrlParser(dataclass_types).parse_args_and_config(argv)
+    # allow_abbrev=False: `--learning_rat` is an error, as an unknown YAML key is, not a silent `--learning_rate`.
+    return TrlParser(dataclass_types, allow_abbrev=False).parse_args_and_config(argv)
 
 
 def take_push_request(args) -> dict | None:
@@ -52,6 +72,102 @@ def push_if_requested(request: dict | None, folder: str) -> None:
         print(f"Pushed {folder}: {push_folder(folder, **request)}")
 
 
+def run_recipe(stage: str, argv: list[str] | None = None) -> None:
+    """Parse the stage's config (preset, YAML, flags), train (resuming from the last checkpoint where the stage
+    can), and push once at the end if asked; bad input ends with one line."""
+    module, config_name, train_name = RECIPES[stage]
+
+    def main() -> None:
+        module_ = importlib.import_module(module)
+        (args,) = parse_recipe_args((getattr(module_, config_name),), stage=stage, argv=argv)
+        push = take_push_request(args)
+        train = getattr(module_, train_name)
+        if stage in ("grpo", "rloo", "dpo"):  # TRL's trainers: no resume of ours
+            train(args)
+        else:
+            train(args, resume_from_checkpoint=args.resume_from_checkpoint or True)
+        push_if_requested(push, args.output_dir)
+
+    run_cli(main)
+
+
+def load_stage(args, model_class, what: str, **kwargs) -> tuple:
+    """The tokenizer and model a stage starts from (`args.model_name_or_path`): one check, one way to load."""
+    from transformers import AutoTokenizer
+
+    if not args.model_name_or_path:
+        raise ValueError(f"model_name_or_path is required: {what}.")
+    remote = dict(trust_remote_code=args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **remote)
+    return tokenizer, model_class.from_pretrained(args.model_name_or_path, **remote, **kwargs)
+
+
+RUN_RECORD = "run.json"  # what a run trained on and with which shape, written when it starts
+FINISHED = "training_summary.json"  # written by every stage when its model is saved
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def last_complete_checkpoint(output_dir: str | Path, state_file: str = "trainer_state.json") -> str | None:
+    """The newest checkpoint that was saved completely (its state file written last); a partial one, left by a kill
+    during the save, is skipped with a warning."""
+    for checkpoint in reversed(_checkpoints(Path(output_dir))):
+        if (checkpoint / state_file).is_file():
+            return str(checkpoint)
+        logger.warning("Skipping %s: it has no %s (the run was stopped while saving it).", checkpoint, state_file)
+    return None
+
+
+def prepare_output_dir(args, stage: str, record: dict, resume_from_checkpoint: str | bool | None,
+                       state_file: str = "trainer_state.json") -> str | None:
+    """Decide where a run starts, so that no finished model is ever silently overwritten or resumed:
+    - a folder holding a finished model is refused unless `overwrite_output_dir` (start afresh) or an explicit
+      checkpoint path to resume from;
+    - `resume_from_checkpoint=True` resumes from the newest complete checkpoint only if the folder's recorded run
+      (data, starting model, shape: `record`) is this one; else one line says what differs;
+    - `overwrite_output_dir` removes the old checkpoints and starts from scratch.
+    Returns the checkpoint to resume from, or None."""
+    out = Path(args.output_dir)
+    explicit = isinstance(resume_from_checkpoint, str) and resume_from_checkpoint
+    if getattr(args, "overwrite_output_dir", False) and not explicit:
+        for checkpoint in _checkpoints(out):
+            shutil.rmtree(checkpoint)
+        (out / FINISHED).unlink(missing_ok=True)
+        resume_from_checkpoint = None
+    elif (out / FINISHED).is_file() and not explicit:
+        raise ValueError(f"{out} holds a finished {stage} model: pass --overwrite_output_dir true to train again into "
+                         "it, --resume_from_checkpoint <checkpoint> to continue from one, or another --output_dir.")
+    checkpoint = resume_from_checkpoint if explicit else (
+        last_complete_checkpoint(out, state_file) if resume_from_checkpoint is True else None)
+    recorded = json.loads((out / RUN_RECORD).read_text()) if (out / RUN_RECORD).is_file() else None
+    if checkpoint and recorded is not None:
+        differ = [k for k in sorted(set(record) | set(recorded)) if record.get(k) != recorded.get(k)]
+        if differ:
+            k = differ[0]
+            raise ValueError(f"{out} holds checkpoints of another run ({k}: {recorded.get(k)!r} there, "
+                             f"{record.get(k)!r} now): pass --overwrite_output_dir true to start afresh, or use "
+                             "another --output_dir.")
+    if _is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_RECORD).write_text(json.dumps(record, indent=1, default=str))
+    if checkpoint:
+        logger.warning("Resuming %s from %s", stage, checkpoint)
+    return checkpoint
+
+
+def run_record(args, *fields: str) -> dict:
+    """The fields of a run that a resumed run must share: its data and starting point, and what else is named."""
+    keys = ("data_files", "dataset_name", "dataset_config", "model_name_or_path", *fields)
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run a recipe; bad input (a missing file, a wrong value) ends with one clear line instead of a traceback."""
     try:
@@ -74,6 +190,8 @@ class RecipeFields:
     the starting model, the data, a system prompt, and defaults a CPU or single-GPU user can run unchanged."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "The folder or Hub id to start from."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run modelling code from the model folder or "
+                                                                     "repo (hf_gpt models never need it)."})
     data_files: list[str] | None = field(default=None, metadata={"help": "Local .jsonl/.json/.parquet/.csv files."})
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (load_dataset)."})
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
@@ -81,14 +199,27 @@ class RecipeFields:
     max_rows: int | None = field(default=None, metadata={"help": "Use only the first N rows (quick runs)."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message added to every prompt (use "
                                                                       "the same one in SFT, RM and RL)."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Loggers (tensorboard, none, ...)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train afresh into an output_dir that holds "
+                                                                        "a finished model or checkpoints."})
+    # `None | str | list[str]` as in TrainingArguments: HfArgumentParser turns `str | list[str]` into [None].
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers (tensorboard, none, ...)."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs); TRL's default is True."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (TRL: True)."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated name of "
+                                                                              "activation_checkpointing."})
+    activation_checkpointing: bool | None = field(default=None, metadata={"help": "Recompute activations in the "
+                                                                                   "backward pass (TRL: True)."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
 
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
+        check_max_steps(self.max_steps)
         super().__post_init__()
+
+
+def check_max_steps(max_steps: int) -> None:
+    if max_steps != -1 and max_steps < 1:
+        raise ValueError(f"max_steps must be a positive number of steps, or -1 to train num_train_epochs epochs; "
+                         f"got {max_steps}.")
 
 
 def final_evaluation(trainer) -> dict:

@@ -1,18 +1,9 @@
 """GRPO with TRL on the same SFT model and data as our PPO, for comparison:
 
-    python recipes/grpo.py --config hh_rlhf --model_name_or_path runs/sft --reward_model_path runs/reward
+python recipes/grpo.py --config hh_rlhf --model_name_or_path runs/sft --reward_model_path runs/reward
 """
 
-from hf_gpt.alternatives import GRPORecipeConfig, grpo
-from hf_gpt.recipe_utils import parse_recipe_args, push_if_requested, run_cli, take_push_request
-
-
-def main() -> None:
-    (args,) = parse_recipe_args((GRPORecipeConfig,), stage="grpo")
-    push = take_push_request(args)
-    grpo(args)
-    push_if_requested(push, args.output_dir)
-
+from hf_gpt.recipe_utils import run_recipe
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_recipe("grpo")

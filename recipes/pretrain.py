@@ -7,16 +7,7 @@ Any field of `hf_gpt.pretrain.PretrainConfig` (TrainingArguments included) can b
 A run restarted with the same output_dir resumes from its last checkpoint.
 """
 
-from hf_gpt.pretrain import PretrainConfig, pretrain
-from hf_gpt.recipe_utils import parse_recipe_args, push_if_requested, run_cli, take_push_request
-
-
-def main() -> None:
-    (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain")
-    push = take_push_request(args)
-    pretrain(args, resume_from_checkpoint=args.resume_from_checkpoint or True)
-    push_if_requested(push, args.output_dir)
-
+from hf_gpt.recipe_utils import run_recipe
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_recipe("pretrain")
