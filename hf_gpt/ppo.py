@@ -8,26 +8,29 @@ One PPO step: rollout → score → KL-shaped rewards → GAE → num_ppo_epochs
 The math lives in `ppo_core` as small tested functions; this file wires models, data, Accelerate and logging.
 """
 
+import dataclasses
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from datasets import Dataset
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     GenerationConfig,
     PreTrainedTokenizerBase,
+    Trainer,
     TrainingArguments,
+    get_scheduler,
 )
 
-from .data import load_rows
+from .data import load_rows, with_system_prompt
 from .hub import write_summary
 from .ppo_core import (
     AdaptiveKLController,
@@ -42,10 +45,24 @@ from .ppo_core import (
     masked_mean,
     masked_whiten,
 )
-from .recipe_utils import RecipeFields
+from .recipe_utils import RecipeFields, last_complete_checkpoint, load_stage, prepare_output_dir, run_record
+from .report import plot_panels
 from .reward import render_for_reward, text_to_messages
 
 RewardFunction = Callable[[list, list[str]], list[float]]
+
+# The TrainingArguments fields our PPO loop uses. Any other one set away from its default is refused when the config
+# is parsed (one line naming it), instead of being accepted and silently ignored.
+HONOURED_TRAINING_ARGUMENTS = frozenset({
+    "output_dir", "seed", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "bf16", "fp16",
+    "gradient_checkpointing", "gradient_checkpointing_kwargs", "activation_checkpointing",
+    "activation_checkpointing_kwargs", "logging_steps", "report_to", "run_name",
+    "save_strategy", "save_steps", "save_total_limit", "use_cpu", "ddp_find_unused_parameters",
+    "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_revision",
+    "local_rank",  # set by launchers
+})
 
 
 @dataclass
@@ -89,16 +106,41 @@ class PPOConfig(RecipeFields, TrainingArguments):
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rollouts per process per micro-batch."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N PPO steps."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N PPO steps."})
+    adam_epsilon: float = field(default=1e-5, metadata={"help": "Adam ε (1e-5, as in PPO implementations)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over PPO steps "
+                                                                         "(linear, cosine, ...)."})
 
     def __post_init__(self):
+        self.check_honoured_fields()
         super().__post_init__()
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.save_strategy not in ("no", "steps"):
+            raise ValueError(f"PPO saves checkpoints every save_steps PPO steps or never: save_strategy must be "
+                             f"'steps' or 'no', got {self.save_strategy!r}.")
+
+    def check_honoured_fields(self) -> None:
+        """Refuse every TrainingArguments field set away from its default that the PPO loop would not use."""
+        ours = {f.name: f for f in dataclasses.fields(self)}
+        for name in (f.name for f in dataclasses.fields(TrainingArguments)):
+            if name in HONOURED_TRAINING_ARGUMENTS or name not in ours:
+                continue
+            f = ours[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = getattr(self, name)
+            if not _same_setting(value, default):
+                raise ValueError(f"PPO does not use {name} (set to {value!r}): remove it from the config or flags.")
 
     @property
     def local_batch_size(self) -> int:
         """Rollouts per process per PPO step."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+def _same_setting(value, default) -> bool:
+    """Equal, or two spellings of the same setting: enums and their strings, and the parser's forms of 'unset'."""
+    unset = lambda v: v in (None, False, "", "no", "none", [], [None], ["none"])
+    return value == default or str(value) == str(default) or (unset(value) and unset(default))
 
 
 class PolicyAndValue(nn.Module):
@@ -117,7 +159,7 @@ class PolicyAndValue(nn.Module):
 def per_token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """V(s_t) for every position: the score head applied to every hidden state, not only the last one."""
     hidden = value_model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return value_model.score(hidden).squeeze(-1)  # (B, T)
+    return value_model.score(hidden).squeeze(-1).float()  # (B, T); float32 for GAE under mixed precision
 
 
 def disable_dropout(*models: nn.Module) -> None:
@@ -128,10 +170,8 @@ def disable_dropout(*models: nn.Module) -> None:
 
 
 def to_messages(prompt, system_prompt: str | None) -> list[dict]:
-    messages = prompt if isinstance(prompt, list) else text_to_messages(prompt)
-    if system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return messages
+    """A prompt (text, an HH transcript, or chat messages) as chat messages, with the system prompt rule applied."""
+    return with_system_prompt(prompt if isinstance(prompt, list) else text_to_messages(prompt), system_prompt)
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], device) -> dict[str, torch.Tensor]:
@@ -162,20 +202,39 @@ class PPOTrainer:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {n_sources} reward sources.")
         if args.prompt_column not in train_dataset.column_names:
             raise ValueError(f"The prompt data has columns {train_dataset.column_names}; set prompt_column.")
-        self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu)
+        # Mixed precision, trackers (report_to) and DDP options through Accelerate, as transformers' Trainer does.
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu,
+            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+            log_with=args.report_to or None, project_dir=args.output_dir,
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=bool(args.ddp_find_unused_parameters))])
         if ref_policy is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("Give ref_policy (the frozen SFT model), or a PEFT policy whose adapters can be disabled.")
         disable_dropout(policy, value_model, *(m for m in (ref_policy, reward_model) if m is not None))
+        if args.activation_checkpointing:  # or its old name gradient_checkpointing, which TrainingArguments maps
+            for model in (policy, value_model):
+                model.activation_checkpointing_enable(args.activation_checkpointing_kwargs)
         self.model = PolicyAndValue(policy, value_model)
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate, eps=1e-5,
-                                      weight_decay=args.weight_decay)
+        # optim, optim_args, betas, ε and weight decay exactly as transformers' Trainer reads them.
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, self.model)
+        optimizer = optimizer_cls(self.model.parameters(), **optimizer_kwargs)
+        # One scheduler step per PPO step (as TRL's PPOTrainer), warm-up included.
+        self.lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                          num_warmup_steps=args.get_warmup_steps(args.max_steps),
+                                          num_training_steps=args.max_steps,
+                                          scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
         loader = torch.utils.data.DataLoader(
             train_dataset, batch_size=args.local_batch_size, shuffle=True, drop_last=True,
             collate_fn=lambda rows: [to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
             generator=torch.Generator().manual_seed(args.seed))
         if len(loader) == 0:
             raise ValueError(f"{len(train_dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
-        self.model, self.optimizer, self.loader = self.accelerator.prepare(self.model, optimizer, loader)
+        self.model, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
+            self.model, optimizer, loader, self.lr_scheduler)
+        if args.report_to:
+            self.accelerator.init_trackers(args.run_name or "runs", config={k: v for k, v in args.to_dict().items()
+                                                                         if isinstance(v, (int, float, str, bool))})
         device = self.accelerator.device
         self.ref_policy = ref_policy.to(device).eval() if ref_policy is not None else None
         if reward_model is not None:
@@ -195,7 +254,8 @@ class PPOTrainer:
         queries = encode_prompts(self.tokenizer, prompts, self.accelerator.device)
         context = queries["input_ids"].shape[1]
         policy.eval()
-        sequences = policy.generate(**queries, generation_config=self.generation_config)
+        with self.accelerator.autocast():
+            sequences = policy.generate(**queries, generation_config=self.generation_config)
         responses = sequences[:, context:]
         if responses.shape[1] < self.args.response_length:  # every row stopped early
             pad = self.args.response_length - responses.shape[1]
@@ -206,7 +266,8 @@ class PPOTrainer:
         attention_mask = torch.cat([queries["attention_mask"], mask], dim=1)
         logits, values = self.model(query_responses, attention_mask)
         logprobs = logprobs_from_logits(logits[:, context - 1:-1], responses, self.args.temperature)
-        ref_logits = self.reference_logits(query_responses, attention_mask)
+        with self.accelerator.autocast():
+            ref_logits = self.reference_logits(query_responses, attention_mask)
         ref_logprobs = logprobs_from_logits(ref_logits[:, context - 1:-1], responses, self.args.temperature)
         completions = self.tokenizer.batch_decode(responses * mask + self.tokenizer.pad_token_id * (1 - mask),
                                                   skip_special_tokens=True)
@@ -236,7 +297,8 @@ class PPOTrainer:
             limit = self.reward_model.config.max_position_embeddings
             ids = [row[-limit:] for row in ids]
             batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.accelerator.device)
-            columns.append(self.reward_model(**batch).logits[:, 0].float())
+            with self.accelerator.autocast():
+                columns.append(self.reward_model(**batch).logits[:, 0].float())
         for func in self.reward_funcs:
             values = func(prompts, completions)
             name = getattr(func, "__name__", repr(func))
@@ -261,7 +323,7 @@ class PPOTrainer:
         kl = kl_per_token(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator)
         rewards, non_score = kl_penalized_rewards(scores, kl, mask, batch["last_index"], self.kl_ctl.value)
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, keep_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False)  # as TRL: scale only, mean and sign kept
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
         advantages = masked_whiten(advantages, mask)
 
@@ -306,7 +368,9 @@ class PPOTrainer:
             "val/ratio": mean(torch.stack(stats["ratio"])),
             "val/num_eos_tokens": self.accelerator.gather_for_metrics(batch["contains_eos"].long()).sum().item(),
             "beta": self.kl_ctl.value,
+            "lr": self.lr_scheduler.get_last_lr()[0],
         }
+        self.lr_scheduler.step()
         if args.adaptive_kl:
             self.kl_ctl.update(metrics["objective/kl"], n * self.accelerator.num_processes)
         self._last_samples = list(zip(prompts, batch["completions"], scores.tolist()))
@@ -324,14 +388,17 @@ class PPOTrainer:
             self.step += 1
             metrics["step"] = self.step
             self.log_history.append(metrics)
-            if self.accelerator.is_main_process:
-                if self.step % args.logging_steps == 0 or self.step == 1:
+            if self.step % args.logging_steps == 0 or self.step == 1:
+                self.accelerator.log(metrics, step=self.step)
+                if self.accelerator.is_main_process:
                     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-                if args.sample_every and self.step % args.sample_every == 0:
-                    self._write_samples(out)
-            if args.save_steps and self.step % args.save_steps == 0 and self.step < args.max_steps:
+            if self.accelerator.is_main_process and args.sample_every and self.step % args.sample_every == 0:
+                self._write_samples(out)
+            if (args.save_strategy == "steps" and args.save_steps and self.step % args.save_steps == 0
+                    and self.step < args.max_steps):
                 self._save_checkpoint()
         self.save_models()
+        self.accelerator.end_training()
         return self.log_history
 
     def _prompt_batches(self):
@@ -353,14 +420,22 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             state = {"step": self.step, "kl_coef": self.kl_ctl.value, "log_history": self.log_history}
             (folder / "ppo_state.json").write_text(json.dumps(state))
+            self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints(self) -> None:
+        """Keep the newest `save_total_limit` checkpoints, as transformers' Trainer does."""
+        if not self.args.save_total_limit:
+            return
+        found = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in found[:-self.args.save_total_limit]:
+            shutil.rmtree(old)
 
     def _load_checkpoint(self, checkpoint: str | bool) -> None:
         if checkpoint is True:
-            found = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            if not found:
+            checkpoint = last_complete_checkpoint(self.args.output_dir, "ppo_state.json")
+            if checkpoint is None:
                 return
-            checkpoint = found[-1]
         self.accelerator.load_state(str(checkpoint))
         state = json.loads((Path(checkpoint) / "ppo_state.json").read_text())
         self.step, self.kl_ctl.value, self.log_history = state["step"], state["kl_coef"], state["log_history"]
@@ -394,35 +469,18 @@ class PPOTrainer:
 
 
 def plot_ppo_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(steps, [h["objective/scores"] for h in history], label="score")
-    left.plot(steps, [h["objective/rlhf_reward"] for h in history], label="score − β·KL")
-    left.set_xlabel("PPO step")
-    left.legend()
-    left.set_title("reward")
-    right.plot(steps, [h["objective/kl"] for h in history], color="tab:red")
-    right.set_xlabel("PPO step")
-    right.set_title("KL(π ‖ π_ref) per response (nats)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    points = lambda key: [(h["step"], h[key]) for h in history]
+    plot_panels(path, [("reward", "PPO step", {"score": points("objective/scores"),
+                                               "score − β·KL": points("objective/rlhf_reward")}),
+                       ("KL(π ‖ π_ref) per response (nats)", "PPO step", {"KL": points("objective/kl")})], width=5)
 
 
 def load_ppo_models(args: PPOConfig):
     """Policy and reference from the SFT folder; reward model and value model from the RM folder."""
-    if not args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: the SFT folder or Hub id.")
     if not (args.reward_model_path or args.value_model_path):
         raise ValueError("Give reward_model_path (the value model starts from it) or value_model_path.")
-    load = dict(trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **load)
-    policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
+    tokenizer, policy = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
+    load = dict(trust_remote_code=args.trust_remote_code)
     ref_policy = None
     if args.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -456,14 +514,22 @@ def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, a
     return dataset.select(keep)
 
 
-def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] = (),
+def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
         resume_from_checkpoint: str | bool | None = None) -> PPOTrainer:
+    """Train with PPO; reward functions are `reward_funcs` or, if None, those named in `args.reward_functions`."""
+    resume = prepare_output_dir(args, "PPO", run_record(args, "reward_model_path", "value_model_path",
+                                                      "reward_functions", "system_prompt", "use_peft"),
+                                resume_from_checkpoint, state_file="ppo_state.json")
+    if reward_funcs is None:
+        from .alternatives import import_reward_function
+
+        reward_funcs = [import_reward_function(path) for path in args.reward_functions or []]
     set_seed(args.seed)
     tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
     dataset = load_rows(args)
     dataset = check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
     trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 

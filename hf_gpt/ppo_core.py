@@ -24,11 +24,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var * n / (n - 1) if unbiased and n > 1 else var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, keep_mean: bool = False) -> torch.Tensor:
-    """(x − mean) / std over the masked entries, zero where masked; `keep_mean=True` adds the mean back."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x − mean) / std over the masked entries, zero where masked; `shift_mean=False` adds the mean back (TRL's
+    flag: rewards keep their sign and level, only their scale is normalised)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    if keep_mean:
+    if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
 

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data, tiny_config
 from datasets import Dataset
 
 from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
@@ -52,8 +51,28 @@ def test_whitening_over_valid_tokens():
     assert valid.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert valid.std().item() == pytest.approx(1.0, abs=1e-3)
     assert torch.all(white[~mask.bool()] == 0)
-    kept = masked_whiten(x, mask, keep_mean=True)[mask.bool()]
+    kept = masked_whiten(x, mask, shift_mean=False)[mask.bool()]
     assert kept.mean().item() == pytest.approx(x[mask.bool()].mean().item(), abs=1e-4)  # the flag does what it says
+
+
+def trl_112_masked_whiten(values, mask, shift_mean=True):
+    """TRL 1.12's trl.trainer.utils.masked_whiten (with its masked_mean/masked_var), the formula PPO's
+    `whiten_rewards` follows: `masked_whiten(rewards, mask, shift_mean=False)`, padding filled with 0 after."""
+    mean = (values * mask).sum() / mask.sum()
+    var = (((values - mean) ** 2) * mask).sum() / mask.sum() * (mask.sum() / (mask.sum() - 1))
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened += mean
+    return whitened
+
+
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_whitening_equals_trl_112(shift_mean):
+    torch.manual_seed(1)
+    x = torch.randn(3, 6) * 2 - 4  # a negative mean: removing it would flip the rewards' sign
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    expected = trl_112_masked_whiten(x, mask, shift_mean).masked_fill(mask == 0, 0)
+    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=shift_mean), expected)
 
 
 def test_score_lands_at_the_last_response_token():
@@ -109,18 +128,22 @@ def test_adaptive_kl_controller():
 # ------------------------------------------------------------------ with models
 
 
-def make_models(tokenizer, tmp_path: Path | None = None):
-    torch.manual_seed(0)
-    config = tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, **special_token_ids(tokenizer))
-    policy = HfGptForCausalLM(config)
-    ref = HfGptForCausalLM(config)
-    ref.load_state_dict(policy.state_dict())
-    value = HfGptForSequenceClassification(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96,
-                                                       num_labels=1, **special_token_ids(tokenizer)))
-    return policy, ref, value
+@pytest.fixture()
+def make_models(tiny_config):
+    def make_models(tokenizer, tmp_path: Path | None = None):
+        torch.manual_seed(0)
+        config = tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, **special_token_ids(tokenizer))
+        policy = HfGptForCausalLM(config)
+        ref = HfGptForCausalLM(config)
+        ref.load_state_dict(policy.state_dict())
+        value = HfGptForSequenceClassification(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96,
+                                                           num_labels=1, **special_token_ids(tokenizer)))
+        return policy, ref, value
+
+    return make_models
 
 
-def test_generation_logprobs_equal_forward_logprobs_with_left_padding(tokenizer):
+def test_generation_logprobs_equal_forward_logprobs_with_left_padding(tokenizer, make_models):
     policy, _, _ = make_models(tokenizer)
     policy.eval()
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question here?"}]]
@@ -140,7 +163,7 @@ def test_generation_logprobs_equal_forward_logprobs_with_left_padding(tokenizer)
                                atol=1e-4, rtol=1e-4)
 
 
-def test_per_token_values_end_with_the_pooled_score(tokenizer):
+def test_per_token_values_end_with_the_pooled_score(tokenizer, make_models):
     _, _, value = make_models(tokenizer)
     ids = torch.tensor([[5, 6, 7, tokenizer.eos_token_id]])
     with torch.no_grad():
@@ -160,7 +183,7 @@ def prompts_dataset(n: int = 16) -> Dataset:
     return Dataset.from_list([{"prompt": f"Say something about number {i}."} for i in range(n)])
 
 
-def test_first_step_ratio_is_one_and_kl_zero(tokenizer, tmp_path):
+def test_first_step_ratio_is_one_and_kl_zero(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
     trainer = PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset(),
                          reward_funcs=[lambda prompts, completions: [0.0] * len(completions)])
@@ -174,7 +197,7 @@ def test_first_step_ratio_is_one_and_kl_zero(tokenizer, tmp_path):
     assert metrics["policy/clipfrac_avg"] == 0.0
 
 
-def test_missing_eos_penalty_only_without_eos(tokenizer, tmp_path):
+def test_missing_eos_penalty_only_without_eos(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
     trainer = PPOTrainer(ppo_args(tmp_path, missing_eos_penalty=5.0), policy, ref, value, tokenizer,
                          prompts_dataset(), reward_funcs=[lambda p, c: [1.0] * len(c)])
@@ -187,14 +210,14 @@ def test_missing_eos_penalty_only_without_eos(tokenizer, tmp_path):
     (lambda p, c: [0.0], "returned 1 scores for 8 completions"),
     (lambda p, c: [float("nan")] * len(c), "NaN"),
 ])
-def test_bad_reward_function_is_a_clear_error(tokenizer, tmp_path, func, message):
+def test_bad_reward_function_is_a_clear_error(tokenizer, tmp_path, func, message, make_models):
     policy, ref, value = make_models(tokenizer)
     trainer = PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[func])
     with pytest.raises(ValueError, match=message):
         trainer.ppo_step(next(trainer._prompt_batches()))
 
 
-def test_no_reward_is_a_clear_error(tokenizer, tmp_path):
+def test_no_reward_is_a_clear_error(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
     with pytest.raises(ValueError, match="PPO needs a reward"):
         PPOTrainer(ppo_args(tmp_path), policy, ref, value, tokenizer, prompts_dataset())
@@ -205,7 +228,7 @@ def contains_letter_a(prompts, completions):
     return [c.count("a") / max(len(c), 1) for c in completions]
 
 
-def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path):
+def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
     # 60 steps: over seeds 0-11 the score gain was 0.29-0.46 and max KL 12-18 (40 steps: as little as +0.17).
     args = ppo_args(tmp_path, max_steps=60, num_ppo_epochs=2, learning_rate=1e-2, kl_coef=0.02, response_length=6,
@@ -221,7 +244,7 @@ def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path):
     assert (out / "ppo_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_checkpoint_and_resume(tokenizer, tmp_path):
+def test_checkpoint_and_resume(tokenizer, tmp_path, make_models):
     def run(max_steps, resume):
         policy, ref, value = make_models(tokenizer)
         args = ppo_args(tmp_path, max_steps=max_steps, save_steps=2, response_length=4, output_dir=str(tmp_path / "r"))
@@ -230,8 +253,7 @@ def test_checkpoint_and_resume(tokenizer, tmp_path):
 
     full = run(4, None)
     # a second run restarted from checkpoint-2 must replay steps 3 and 4 exactly
-    for folder in ("checkpoint-4",):
-        assert not (tmp_path / "r" / folder).exists()
+    assert not (tmp_path / "r" / "checkpoint-4").exists()  # the last step saves the model, not a checkpoint
     import shutil
 
     shutil.rmtree(tmp_path / "r" / "value_model")
@@ -248,7 +270,7 @@ def test_masked_mean_ignores_masked():
     assert masked_mean(torch.tensor([[1.0, 100.0]]), torch.tensor([[1, 0]])).item() == 1.0
 
 
-def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path):
+def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path, shared_data, make_models):
     path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
     from types import SimpleNamespace
 
@@ -282,7 +304,7 @@ def test_two_processes_on_cpu(tokenizer, tmp_path):
     assert (tmp_path / "out" / "value_model" / "model.safetensors").exists()
 
 
-def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_path):
+def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_path, make_models):
     from peft import LoraConfig, get_peft_model
 
     policy, _, value = make_models(tokenizer)
@@ -314,3 +336,95 @@ def test_prompt_longer_than_context_is_an_error_or_a_counted_drop(tokenizer, tmp
         check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path), context=96)
     kept = check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path, drop_long_prompts=True), context=96)
     assert kept["prompt"] == ["short"]
+
+
+# ------------------------------------------------------------------ every PPOConfig field is used or refused
+
+
+def test_learning_rate_follows_the_schedule_with_warmup(tokenizer, tmp_path, make_models):
+    from transformers import get_scheduler
+
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=6, lr_scheduler_type="cosine", warmup_steps=2, learning_rate=1e-3)
+    history = PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(48),
+                         reward_funcs=[contains_letter_a]).train()
+    sgd = torch.optim.SGD([torch.zeros(1)], lr=1e-3)
+    reference = get_scheduler("cosine", sgd, num_warmup_steps=2, num_training_steps=6)
+    expected = []
+    for _ in range(6):
+        expected.append(reference.get_last_lr()[0])
+        sgd.step()
+        reference.step()
+    assert [h["lr"] for h in history] == pytest.approx(expected)
+    assert expected[0] == 0.0 and expected[2] == pytest.approx(1e-3)  # warm-up, then the peak
+
+
+def test_optimizer_fields_reach_the_optimizer(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, optim="adamw_torch", adam_beta1=0.8, adam_epsilon=1e-6, weight_decay=0.01)
+    trainer = PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a])
+    group = trainer.optimizer.param_groups[0]
+    assert group["betas"][0] == 0.8 and group["eps"] == 1e-6 and group["weight_decay"] == 0.01
+
+
+def test_bf16_on_cpu_runs_under_autocast(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    trainer = PPOTrainer(ppo_args(tmp_path, bf16=True, use_cpu=True, max_steps=2), policy, ref, value, tokenizer,
+                         prompts_dataset(), reward_funcs=[contains_letter_a])
+    assert trainer.accelerator.mixed_precision == "bf16"
+    seen = []
+    hook = policy.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    history = trainer.train()
+    hook.remove()
+    assert torch.bfloat16 in seen  # the forward passes ran in bf16
+    assert policy.lm_head.weight.dtype == torch.float32  # master weights stay fp32
+    assert all(math.isfinite(h["loss/policy_avg"]) and math.isfinite(h["objective/kl"]) for h in history)
+
+
+def test_activation_checkpointing_is_switched_on(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    PPOTrainer(ppo_args(tmp_path, gradient_checkpointing=True), policy, ref, value, tokenizer, prompts_dataset(),
+               reward_funcs=[contains_letter_a])
+    assert policy.is_activation_checkpointing and value.is_activation_checkpointing
+
+
+def test_tensorboard_events_and_save_total_limit(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=5, save_steps=1, save_total_limit=2, report_to="tensorboard",
+                    response_length=4)
+    PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(48), reward_funcs=[contains_letter_a]).train()
+    out = Path(args.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"objective/scores", "objective/kl", "lr"} <= set(tags)
+
+
+def test_save_strategy_no_writes_no_checkpoint(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=2, save_steps=1, save_strategy="no", response_length=4)
+    PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a]).train()
+    assert not list(Path(args.output_dir).glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("field, value", [("eval_strategy", "steps"), ("torch_compile", True),
+                                          ("num_train_epochs", 2.0), ("label_smoothing_factor", 0.1),
+                                          ("save_strategy", "epoch")])
+def test_fields_ppo_does_not_use_are_refused_when_parsed(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        ppo_args(tmp_path, **{field: value})
+
+
+def test_recipe_refuses_an_unused_field_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = Path(__file__).parents[1] / "recipes" / "ppo.py"
+    result = subprocess.run([sys.executable, str(recipe), "--output_dir", str(tmp_path), "--eval_steps", "5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == ("error: PPO does not use eval_steps (set to 5.0): remove it "
+                                                       "from the config or flags.")
