@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .data import load_rows
-from .recipe_utils import RecipeFields
-from .reward import prepare_preferences, text_to_messages
+from .ppo import to_messages
+from .recipe_utils import RecipeFields, load_stage
+from .reward import prepare_preferences
 
 
 def import_reward_function(path: str) -> Callable:
@@ -53,20 +54,15 @@ def _prompts(args) -> Dataset:
     if "prompt" not in rows.column_names:
         raise ValueError(f"The data has columns {rows.column_names}; a 'prompt' column is needed.")
 
-    def to_chat(row):
-        messages = row["prompt"] if isinstance(row["prompt"], list) else text_to_messages(row["prompt"])
-        if args.system_prompt:
-            messages = [{"role": "system", "content": args.system_prompt}, *messages]
-        return {"prompt": messages}
-
-    return rows.map(to_chat, remove_columns=rows.column_names)
+    return rows.map(lambda row: {"prompt": to_messages(row["prompt"], args.system_prompt)},
+                    remove_columns=rows.column_names)
 
 
 def _rewards(args) -> list:
     rewards = [import_reward_function(p) for p in args.reward_functions or []]
     if args.reward_model_path:
         rewards.insert(0, AutoModelForSequenceClassification.from_pretrained(
-            args.reward_model_path, num_labels=1, trust_remote_code=True))
+            args.reward_model_path, num_labels=1, trust_remote_code=args.trust_remote_code))
     if not rewards:
         raise ValueError("Give reward_model_path and/or reward_functions.")
     return rewards
@@ -74,8 +70,7 @@ def _rewards(args) -> list:
 
 def _online(trainer_cls, args):
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rewards = _rewards(args)
     reward_tokenizers = [tokenizer if not callable(r) or hasattr(r, "config") else None for r in rewards]
     trainer = trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=_prompts(args),
@@ -95,10 +90,10 @@ def rloo(args: RLOORecipeConfig) -> RLOOTrainer:
 
 def dpo(args: DPORecipeConfig) -> DPOTrainer:
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rows = load_rows(args)
-    pairs, _ = prepare_preferences(rows, tokenizer, args.max_length or model.config.max_position_embeddings)
+    pairs, _ = prepare_preferences(rows, tokenizer, args.max_length or model.config.max_position_embeddings,
+                                   args.system_prompt)
     trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(args.output_dir)

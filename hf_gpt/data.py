@@ -10,6 +10,7 @@ Design choices:
 """
 
 import codecs
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -181,3 +182,19 @@ def convert_rows(dataset: Dataset, convert: Callable[[dict], dict],
     if not rows:
         raise ValueError(f"No usable {what} row ({dict(report)}); first problems: {problems[:3]}")
     return Dataset.from_list(rows), report
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
+    """Rows as JSON lines (UTF-8, non-ASCII kept), parent folders created; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """`messages` with a system turn first: `system_prompt` is added unless it is None/empty or the conversation
+    already starts with its own system turn (which wins). The one rule SFT, the reward model and RL all follow."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]

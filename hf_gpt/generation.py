@@ -34,18 +34,21 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
     )
 
 
-def load(model_name_or_path: str, revision: str | None = None):
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=True,
-                                              padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, revision=revision, trust_remote_code=True)
+def load(model_name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Tokenizer and model in eval mode. Code from the folder or repo runs only with `trust_remote_code=True`, as in
+    transformers; hf_gpt models never need it where hf_gpt is installed."""
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision,
+                                              trust_remote_code=trust_remote_code, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, revision=revision,
+                                                 trust_remote_code=trust_remote_code)
     return tokenizer, model.eval()
 
 
 @torch.no_grad()
 def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int | None = None, stream: bool = False,
-                  **sampling) -> list[str]:
+                  trust_remote_code: bool = False, **sampling) -> list[str]:
     """Continue each prompt; returns the new text only."""
-    tokenizer, model = load(model_name_or_path)
+    tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
     prompts = [prompts] if isinstance(prompts, str) else prompts
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     if seed is not None:
@@ -70,9 +73,10 @@ def chat_reply(model, tokenizer, messages: list[dict], stream: bool = False, **s
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] | None = None, **sampling) -> None:
+def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] | None = None,
+              trust_remote_code: bool = False, **sampling) -> None:
     """A multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
-    tokenizer, model = load(model_name_or_path)
+    tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
     messages = [{"role": "system", "content": system}] if system else []
     lines = lines or iter(sys.stdin.readline, "")
     while True:

@@ -26,13 +26,13 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
 from .hub import write_summary
 from .modeling_hf_gpt import HfGptForCausalLM
-from .recipe_utils import final_evaluation, multi_process_on_cpu
+from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu, prepare_output_dir, run_record
+from .report import plot_panels
 from .tokenizer import special_token_ids, train_tokenizer
 
 
@@ -55,6 +55,8 @@ class PretrainConfig(TrainingArguments):
     # Model
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue from a saved hf_gpt folder or Hub id instead of a fresh model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run modelling code from the model folder or "
+                                                                     "repo (hf_gpt models never need it)."})
     n_layer: int = field(default=4, metadata={"help": "Decoder blocks."})
     n_head: int = field(default=4, metadata={"help": "Attention heads."})
     n_embd: int = field(default=256, metadata={"help": "Model width d_model."})
@@ -79,14 +81,19 @@ class PretrainConfig(TrainingArguments):
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    report_to: str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, none...)."})
+    # `None | str | list[str]` as in TrainingArguments: HfArgumentParser turns `str | list[str]` into [None].
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, "
+                                                                                        "none, ...)."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (GPUs)."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (saves memory)."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get gradients."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train afresh into an output_dir that holds "
+                                                                        "a finished model or checkpoints."})
 
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
+        check_max_steps(self.max_steps)
         super().__post_init__()
         if self.max_position_embeddings is None:
             self.max_position_embeddings = self.block_size
@@ -97,18 +104,23 @@ class PretrainConfig(TrainingArguments):
             )
 
 
+# What a resumed pretraining run must share with the one that wrote the checkpoints (besides data and start).
+SHAPE_FIELDS = ("tokenizer_name_or_path", "vocab_size", "text_column", "block_size", "n_layer", "n_head", "n_embd",
+                "max_position_embeddings", "position_embedding_type", "norm_position", "hidden_act")
+
+
 def load_or_train_tokenizer(args: PretrainConfig, raw_documents) -> PreTrainedTokenizerBase:
     if args.tokenizer_name_or_path:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code)
     if args.model_name_or_path:
-        return AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     texts = (row[args.text_column] for row in raw_documents["train"])
     return train_tokenizer(texts, vocab_size=args.vocab_size, model_max_length=args.max_position_embeddings)
 
 
 def build_model(args: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> HfGptForCausalLM:
     if args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     else:
         config = HfGptConfig(
             vocab_size=len(tokenizer),
@@ -228,35 +240,16 @@ def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
 
 def plot_curves(log_history: list[dict], path: Path) -> None:
     """Train/val loss and val bits-per-byte against steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    bpb = [(h["step"], h["eval_bpb"]) for h in log_history if "eval_bpb" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for points, label in ((train, "train loss"), (val, "val loss")):
-        if points:
-            ax.plot(*zip(*points), label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    if bpb:
-        twin = ax.twinx()
-        twin.plot(*zip(*bpb), "g--", label="val bpb")
-        twin.set_ylabel("bits per byte")
-        twin.legend(loc="upper center")
-    ax.legend(loc="upper right")
-    ax.set_title("Pretraining")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    points = lambda key: [(h["step"], h[key]) for h in log_history if key in h]
+    plot_panels(path, [("Pretraining: cross-entropy (nats/token)", "step",
+                        {"train loss": points("loss"), "val loss": points("eval_loss")}),
+                       ("Validation bits per byte", "step", {"val bpb": points("eval_bpb")})])
 
 
 def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
+    resume = prepare_output_dir(args, "pretraining", run_record(args, *SHAPE_FIELDS), resume_from_checkpoint)
     set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
     raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
     tokenizer = load_or_train_tokenizer(args, raw)
@@ -275,9 +268,7 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
         preprocess_logits_for_metrics=per_token_nll,
         callbacks=[SampleCallback(), *(callbacks or [])],
     )
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = get_last_checkpoint(args.output_dir)  # None on a fresh run: start from scratch
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     if validation is not None:
         final_evaluation(trainer)
     trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer

@@ -65,18 +65,27 @@ def plot_sft_loss_mask(tokenizer, messages: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_lines(path: Path, title: str, xlabel: str, series: dict[str, list[tuple[float, float]]]) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, points in series.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    ax.legend()
+Series = dict[str, list[tuple[float, float]]]  # label → (x, y) points
+
+
+def plot_panels(path: Path, panels: list[tuple[str, str, Series]], width: float = 6.0) -> Path:
+    """Line plots side by side, one (title, x label, series) per panel, as a PNG: every curve of the project."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
+    for ax, (title, xlabel, series) in zip(axes[0], panels):
+        for label, points in series.items():
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=2, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_lines(path: Path, title: str, xlabel: str, series: Series) -> Path:
+    return plot_panels(path, [(title, xlabel, series)])
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -93,3 +102,139 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value).replace("|", "/").replace("\n", " ")
+
+
+# ------------------------------------------------------------------ the pipeline report (`make demo`)
+
+STAGE_NAMES = ("base", "sft", "reward", "ppo")
+
+
+def accuracy_rows(metrics: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """Rows of the two accuracy tables (per stage and split; per stage, split and language), or none without a
+    checker (real data)."""
+    found = {**metrics.get("sft", {}).get("accuracy", {}), **metrics.get("ppo", {}).get("accuracy", {})}
+    overall, by_language = [], []
+    for model, splits in found.items():
+        for split, s in splits.items():
+            overall.append({"model": model, "questions": f"{split} ({s['n']})", "greedy exact": s["exact"],
+                            "sampled exact (τ = 1)": s["sampled"], "right fact first": s["right_fact"],
+                            "one sentence": s["one_sentence"], "stops at eos": s["stops_at_eos"]})
+            by_language.append({"model": model, "questions": split, "greedy en": s["exact_en"],
+                                "greedy ko": s["exact_ko"], "sampled en": s["sampled_en"],
+                                "sampled ko": s["sampled_ko"]})
+    return overall, by_language
+
+
+WHAT_STAGES_CHANGE = """What each stage can change: SFT teaches the answer format, and knowledge of held-out subjects
+can only come from pretraining. PPO on the reward model's score moves the format (one sentence, no rambling) on every
+question; it cannot supply a fact the model never learned, so a held-out question the SFT model gets factually wrong
+stays wrong."""
+
+
+def recall_line(metrics: dict[str, dict]) -> str:
+    recall = metrics["sft"].get("fact_recall_base")
+    if not recall:
+        return ""
+    return ("Knowledge in the base model, as plain text (it continues \"The capital of Norway is\" with \" Oslo.\"): "
+            + ", ".join(f"{split} {value:.2f}" for split, value in recall.items()) + ". A chat answer to a held-out "
+            "question needs both this fact and the answer format learnt on other subjects.\n\n")
+
+
+def accuracy_section(metrics: dict[str, dict]) -> str:
+    overall, by_language = accuracy_rows(metrics)
+    if not overall:
+        return ""
+    return f"""## Accuracy after each stage: seen and held-out questions
+
+*Held-out* questions are about subjects (4 countries, 20 number pairs) that occur only in the pretraining text, never in
+an SFT, preference or PPO row; *seen* questions are training questions, shown for comparison. Each question is asked
+with no system prompt, the lecture's, or one never used in training, in turn. Exact = the one right sentence, then eos;
+right fact first = the reply starts with the right sentence (the knowledge), whatever follows; one sentence = the
+format the raters prefer. With 48 questions a split, a greedy figure has a standard error of up to 0.07.
+
+{markdown_table(overall)}
+
+{markdown_table(by_language)}
+
+{recall_line(metrics)}{WHAT_STAGES_CHANGE}
+"""
+
+
+@torch.no_grad()
+def chat_samples(model, tokenizer, questions: tuple[str, ...] = ("What is the capital of Korea?",
+                                                                  "대한민국의 수도는 어디입니까?", "What is 3 plus 4?"),
+                 system_prompt: str | None = None) -> list[dict]:
+    """Low temperature for facts, high for variety: distinct answers over 10 samples at τ = 0.2 vs 1.0."""
+    rows = []
+    for question in questions:
+        prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        row = {"question": question}
+        for tau in (0.2, 1.0):
+            torch.manual_seed(0)
+            out = model.generate(ids.repeat(10, 1), do_sample=True, temperature=tau, top_p=1.0, top_k=0,
+                                 max_new_tokens=24, pad_token_id=tokenizer.pad_token_id)
+            answers = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            row[f"τ={tau}: first answer"] = answers[0]
+            row[f"τ={tau}: distinct of 10"] = len(set(answers))
+        rows.append(row)
+    return rows
+
+
+def write_report(out: Path, data_name: str, metrics: dict[str, dict]) -> Path:
+    """runs/<name>/report.md: a table per stage, the accuracy tables (world data), plots and chat samples."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m, pics = metrics, out / "plots"
+    pics.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(out / "ppo")
+    model = AutoModelForCausalLM.from_pretrained(out / "ppo").eval()
+    plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,
+                           model.config.sinusoidal_base)
+    plot_attention(model, tokenizer, "The capital of Korea is Seoul. 3 plus 4 is 7.", pics / "attention.png")
+    plot_sft_loss_mask(tokenizer, [{"role": "user", "content": "What is the capital of France?"},
+                                   {"role": "assistant", "content": "The capital of France is Paris."}],
+                       pics / "sft_loss_mask.png")
+    plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
+               {"val bpb": m["base"]["bpb_curve"]})
+    plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
+               {"eval loss": m["sft"]["eval_loss_curve"]})
+    plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
+               {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
+    table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])
+    text = f"""# hf-gpt pipeline report — data: {data_name}
+
+| stage | seconds |
+|---|---:|
+""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in STAGE_NAMES) + f"""
+## 1. Pretraining (next-token cross-entropy)
+{table("base", ["steps", "val_bpb_first", "val_bpb_last", "val_loss_last"])}
+
+![bpb](plots/pretrain_bpb.png) ![curves](base/curves.png)
+
+![positional encoding](plots/position_encoding.png)
+
+## 2. SFT (loss on response tokens only)
+{table("sft", ["steps"])}
+
+![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
+
+## 3. Reward model (ranked pairs)
+{table("reward", ["steps", "pairwise_accuracy"])}
+
+## 4. PPO (reward = RM score, KL penalty to the SFT model)
+{table("ppo", ["steps", "score_first", "score_last", "kl_max"])}
+
+![ppo](plots/ppo_reward_kl.png)
+
+{accuracy_section(m)}
+## 5. Talking to the final model (no system prompt)
+{markdown_table(chat_samples(model, tokenizer))}
+
+![attention](plots/attention.png)
+"""
+    path = out / "report.md"
+    path.write_text(text, encoding="utf-8")
+    return path

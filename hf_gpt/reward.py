@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase, set_seed
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from .data import convert_rows, load_rows
+from .data import convert_rows, load_rows, with_system_prompt
 from .hub import write_summary
-from .recipe_utils import RecipeFields, hold_out
+from .recipe_utils import RecipeFields, hold_out, load_stage, prepare_output_dir, run_record
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def to_preference(row: dict, system_prompt: str | None = None) -> dict:
         if name not in row or row[name] is None:
             raise ValueError(f"field {name!r} is missing")
     prompt = row["prompt"] if isinstance(row["prompt"], list) else text_to_messages(row["prompt"])
-    if system_prompt and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system_prompt}, *prompt]
+    prompt = with_system_prompt(prompt, system_prompt)
     replies = {}
     for name in ("chosen", "rejected"):
         value = row[name]
@@ -102,14 +101,10 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
 
 def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:
     """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: the SFT folder or Hub id.")
+    resume = prepare_output_dir(args, "reward", run_record(args, "system_prompt", "max_length"),
+                                resume_from_checkpoint)
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, num_labels=1,
-                                                               trust_remote_code=True)
+    tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "the SFT folder or Hub id", num_labels=1)
     if args.max_length is None or args.max_length > model.config.max_position_embeddings:
         args.max_length = model.config.max_position_embeddings
     raw = load_rows(args)
@@ -118,9 +113,7 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
     train, evaluation = hold_out(pairs, args)
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                             processing_class=tokenizer)
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = get_last_checkpoint(args.output_dir)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate() if evaluation is not None else {}
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .data import convert_rows, load_rows
+from .data import convert_rows, load_rows, with_system_prompt
 from .hub import write_summary
-from .recipe_utils import RecipeFields, final_evaluation, hold_out
+from .recipe_utils import RecipeFields, final_evaluation, hold_out, load_stage, prepare_output_dir, run_record
 
 logger = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
@@ -66,13 +66,10 @@ def to_conversation(row: dict, system_prompt: str | None = None) -> dict:
                 raise ValueError(f"field 'messages' has a {turn['role']} turn whose content is not a string")
         if not any(t["role"] == "assistant" and t["content"].strip() for t in messages):
             raise ValueError("field 'messages' has no non-empty assistant turn to learn from")
-        messages = [{"role": t["role"], "content": t["content"]} for t in messages]
-        if system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        return {"messages": messages}
+        return {"messages": with_system_prompt([{"role": t["role"], "content": t["content"]} for t in messages],
+                                               system_prompt)}
     prompt, response = _prompt_and_response(row)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return {"prompt": [*system, {"role": "user", "content": prompt}],
+    return {"prompt": with_system_prompt([{"role": "user", "content": prompt}], system_prompt),
             "completion": [{"role": "assistant", "content": response}]}
 
 
@@ -167,11 +164,8 @@ def _prompt_of(example: dict) -> list[dict]:
 
 
 def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Dataset | None]:
-    if not args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: a pretrained hf_gpt folder or Hub id.")
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    tokenizer, model = load_stage(args, AutoModelForCausalLM, "a pretrained hf_gpt folder or Hub id")
     if args.max_length is None or args.max_length > model.config.max_position_embeddings:
         args.max_length = model.config.max_position_embeddings
     rows, report = prepare_sft_dataset(load_rows(args), tokenizer, args.max_length, args.system_prompt)
@@ -194,12 +188,10 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
 
 def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> SFTTrainer:
     """Fine-tune, evaluate, answer held-out prompts, save (adapter and/or merged model) with tokenizer and code."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    resume = prepare_output_dir(args, "SFT", run_record(args, "system_prompt", "use_peft", "max_length"),
+                                resume_from_checkpoint)
     trainer, report, evaluation = build_sft_trainer(args)
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = get_last_checkpoint(args.output_dir)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     metrics = final_evaluation(trainer) if evaluation is not None else {}
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
