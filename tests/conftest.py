@@ -4,6 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -15,24 +20,41 @@ from hf_gpt.tokenizer import special_token_ids, train_tokenizer  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def shared_data(relative: str) -> Path:
-    """A file under ../shared/data, or skip the test with the reason."""
+def _shared_data(relative: str) -> Path:
     path = SHARED_DATA / relative
     if not path.exists():
         pytest.skip(f"{path} is absent: the real data sets live in ../shared/data beside the repository.")
     return path
 
 
-def tiny_config(**overrides) -> HfGptConfig:
+def _tiny_config(**overrides) -> HfGptConfig:
     kwargs = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     kwargs.update(overrides)
     return HfGptConfig(**kwargs)
 
 
-def tiny_model(**overrides) -> HfGptForCausalLM:
+def _tiny_model(**overrides) -> HfGptForCausalLM:
     torch.manual_seed(0)
-    return HfGptForCausalLM(tiny_config(**overrides)).eval()
+    return HfGptForCausalLM(_tiny_config(**overrides)).eval()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """`shared_data("dir/file")`: a file under ../shared/data, or the test is skipped with the reason."""
+    return _shared_data
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(**overrides)`: a 2-layer, 32-wide HfGptConfig."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """`tiny_model(**overrides)`: a seeded tiny HfGptForCausalLM in eval mode."""
+    return _tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +69,36 @@ def saved_model(tmp_path_factory, tokenizer):
     """A tiny model + tokenizer saved as a folder, as users get it from training."""
     folder = tmp_path_factory.mktemp("tiny-hf-gpt")
     torch.manual_seed(0)
-    model = HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), **special_token_ids(tokenizer)))
+    model = HfGptForCausalLM(_tiny_config(vocab_size=len(tokenizer), **special_token_ids(tokenizer)))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture()
+def serve():
+    """`serve(folder)` starts `hf-gpt serve` on a free loopback port and returns its OpenAI base URL; every server
+    started is stopped after the test."""
+    servers = []
+
+    def start(folder: Path, *extra: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "hf_gpt.cli", "serve", str(folder), "--host", "127.0.0.1",
+                                   "--port", str(port), "--device", "cpu", *extra],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers.append(server)
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                return f"http://127.0.0.1:{port}/v1"
+            except OSError:
+                assert server.poll() is None, "the server exited"
+                time.sleep(0.5)
+        raise TimeoutError("hf-gpt serve did not answer /health in 120 s")
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=30)

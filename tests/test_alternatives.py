@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
 from hf_gpt.alternatives import (
@@ -25,7 +24,7 @@ def length_reward(prompts, completions, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, tokenizer):
+def folders(tmp_path_factory, tokenizer, tiny_config):
     root = tmp_path_factory.mktemp("alt")
     torch.manual_seed(0)
     ids = special_token_ids(tokenizer)
@@ -54,6 +53,10 @@ def test_online_methods_with_reward_model_and_function(folders, make_config, run
     trainer = run(args)
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert logged and all(k in logged[0] for k in ("kl", "reward"))
+    # The logged reward is the weighted sum of its two sources: the RM's score and the length function's value.
+    parts = [k for k in logged[0] if k.startswith("rewards/") and k.endswith("/mean")]
+    assert len(parts) == 2 and any("length_reward" in k for k in parts)
+    assert logged[0]["reward"] == pytest.approx(sum(logged[0][k] for k in parts), abs=1e-4)
     assert (folders / run.__name__ / "model.safetensors").exists()
 
 

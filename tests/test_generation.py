@@ -1,8 +1,5 @@
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import torch
@@ -52,12 +49,20 @@ def test_bad_sampling_values(saved_model, kwargs, message):
         sampling_config(model, **kwargs)
 
 
-def test_chat_reply_with_system_prompt(saved_model):
+def test_chat_reply_reads_the_system_prompt(saved_model):
     tokenizer = AutoTokenizer.from_pretrained(saved_model)
     model = AutoModelForCausalLM.from_pretrained(saved_model).eval()
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert chat_reply(model, tokenizer, messages, temperature=0, max_new_tokens=5) == chat_reply(
-        model, tokenizer, messages, temperature=0, max_new_tokens=5)
+    user = [{"role": "user", "content": "Hi"}]
+    system = [{"role": "system", "content": "Be brief."}, *user]
+    with_system = tokenizer.apply_chat_template(system, add_generation_prompt=True, return_dict=True)["input_ids"]
+    without = tokenizer.apply_chat_template(user, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert with_system != without and tokenizer.decode(with_system).startswith("<|bos|><|system|>\nBe brief.\n")
+    # The reply is the greedy continuation of exactly the rendered conversation, system turn included.
+    for messages, ids in ((system, with_system), (user, without)):
+        out = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        expected = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        assert chat_reply(model, tokenizer, messages, temperature=0, max_new_tokens=5) == expected
 
 
 def test_cli_chat_reads_turns_from_stdin(saved_model):
@@ -68,42 +73,22 @@ def test_cli_chat_reads_turns_from_stdin(saved_model):
     assert result.stdout.count("gpt> ") == 2 and result.stdout.count("you> ") == 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_openai_client_against_transformers_serve(saved_model):
+def test_openai_client_against_transformers_serve(saved_model, serve):
     pytest.importorskip("openai", reason="openai (dev extra) is needed for the serving test")
     pytest.importorskip("fastapi", reason="transformers[serving] is needed for the serving test")
     from openai import OpenAI
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "hf_gpt.cli", "serve", str(saved_model), "--trust-remote-code",
-                               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, "the server exited"
-                time.sleep(0.5)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed")
-        messages = [{"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": "What is the capital of Korea?"}]
-        first = client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0.2, top_p=1.0,
-                                               max_tokens=8)
-        assert first.choices[0].message.role == "assistant" and isinstance(first.choices[0].message.content, str)
-        greedy = [client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0,
-                                                 max_tokens=8).choices[0].message.content for _ in range(2)]
-        assert greedy[0] == greedy[1]  # temperature 0 is greedy: deterministic
-        stream = client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0,
-                                                max_tokens=8, stream=True)
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-        assert streamed == greedy[0]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    base_url = serve(saved_model, "--trust-remote-code")
+    client = OpenAI(base_url=base_url, api_key="not-needed")
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of Korea?"}]
+    first = client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0.2, top_p=1.0,
+                                           max_tokens=8)
+    assert first.choices[0].message.role == "assistant" and isinstance(first.choices[0].message.content, str)
+    greedy = [client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0,
+                                             max_tokens=8).choices[0].message.content for _ in range(2)]
+    assert greedy[0] == greedy[1]  # temperature 0 is greedy: deterministic
+    stream = client.chat.completions.create(model=str(saved_model), messages=messages, temperature=0,
+                                            max_tokens=8, stream=True)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == greedy[0]

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data, tiny_config
 from transformers import EvalPrediction
 
 from hf_gpt import HfGptForCausalLM
@@ -65,7 +64,7 @@ def test_txt_file_is_one_stream_with_line_breaks(tokenizer, tmp_path):
     assert tokenizer.eos_token_id not in ids[:-1]
 
 
-def test_bits_per_byte_matches_hand_computation(tokenizer):
+def test_bits_per_byte_matches_hand_computation(tokenizer, tiny_config):
     torch.manual_seed(0)
     model = HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), **special_token_ids(tokenizer))).eval()
     texts = ["The assert statement is a debugging aid.", "Assignment statements (re)bind names."]
@@ -181,7 +180,7 @@ def test_missing_text_column(tmp_path):
     assert load_documents([str(path)], text_column="body")["train"][0]["body"] == "hello"
 
 
-def test_block_size_and_vocab_checks(tokenizer, tmp_path):
+def test_block_size_and_vocab_checks(tokenizer, tmp_path, tiny_config):
     with pytest.raises(ValueError, match="block_size=128 is larger than max_position_embeddings=64"):
         PretrainConfig(output_dir=str(tmp_path), block_size=128, max_position_embeddings=64)
     small = HfGptForCausalLM(tiny_config(vocab_size=300))
@@ -207,7 +206,7 @@ def test_recipe_bad_input_is_one_line(tmp_path):
         "error: Data file not found: missing.txt. Check the path in dataset_name / data_files.")
 
 
-def test_tiny_preset_on_shakespeare_lowers_val_loss(tmp_path):
+def test_tiny_preset_on_shakespeare_lowers_val_loss(tmp_path, shared_data):
     shared_data("tinyshakespeare/input.txt")
     recipe = Path(__file__).parents[1] / "recipes" / "pretrain.py"
     result = subprocess.run([sys.executable, str(recipe), "--config", "tiny", "--output_dir", str(tmp_path),

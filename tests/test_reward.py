@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data, tiny_config
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
@@ -25,13 +24,17 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def base_model(tmp_path: Path, tokenizer, **kw) -> Path:
-    folder = tmp_path / "sft"
-    torch.manual_seed(0)
-    HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, hidden_size=64,
-                                 **special_token_ids(tokenizer), **kw)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture()
+def base_model(tiny_config):
+    def base_model(tmp_path: Path, tokenizer, **kw) -> Path:
+        folder = tmp_path / "sft"
+        torch.manual_seed(0)
+        HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, hidden_size=64,
+                                     **special_token_ids(tokenizer), **kw)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return base_model
 
 
 def test_hh_transcript_becomes_turns():
@@ -70,7 +73,7 @@ def parity_pairs(numbers: list[int]) -> list[dict]:
     return rows
 
 
-def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_path):
+def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_path, base_model):
     numbers = random.Random(0).sample(range(100, 1000), 400)
     data = write_jsonl(tmp_path / "pairs.jsonl", parity_pairs(numbers))
     args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
@@ -97,7 +100,7 @@ def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_pa
     assert good > bad
 
 
-def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path):
+def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path, base_model):
     rows = [{"prompt": "Human question?", "chosen": " A fine answer.", "rejected": " A rude answer."}] * 4
     args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
                               data_files=[str(write_jsonl(tmp_path / "p.jsonl", rows))], validation_fraction=0.0,
@@ -109,7 +112,7 @@ def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path):
     assert row["rejected_ids"] == render_for_reward(tokenizer, prompt, "A rude answer.")
 
 
-def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path):
+def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path, shared_data, base_model):
     path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
     args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
                               data_files=[str(path)], max_rows=64, validation_fraction=0.25, max_steps=4,
@@ -117,4 +120,6 @@ def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path):
     train_reward_model(args)
     metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
     assert metrics["data"]["kept"] + metrics["data"].get("dropped: longer than the context", 0) == 64
-    assert 0.0 <= metrics["pairwise_accuracy"] <= 1.0
+    # 4 steps learn nothing yet: what is checked is that the held-out pairs (25 % of the kept ones) were scored.
+    held_out = metrics["data"]["kept"] - round(metrics["data"]["kept"] * 0.75)
+    assert metrics["pairwise_accuracy"] * held_out == pytest.approx(round(metrics["pairwise_accuracy"] * held_out))

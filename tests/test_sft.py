@@ -1,9 +1,9 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data, tiny_config
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
@@ -109,20 +109,24 @@ def test_loss_is_cross_entropy_over_response_tokens(saved_model, tmp_path):
     assert all_tokens.item() != pytest.approx(loss.item(), rel=1e-3)  # and it is not the all-token loss
 
 
-def learnable_model(tmp_path, tokenizer) -> Path:
-    folder = tmp_path / "base"
-    torch.manual_seed(0)
-    HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), hidden_size=64, max_position_embeddings=96,
-                                 **special_token_ids(tokenizer))).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+@pytest.fixture()
+def learnable_model(tiny_config):
+    def learnable_model(tmp_path, tokenizer) -> Path:
+        folder = tmp_path / "base"
+        torch.manual_seed(0)
+        HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), hidden_size=64, max_position_embeddings=96,
+                                     **special_token_ids(tokenizer))).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return learnable_model
 
 
 CAPITALS = {"Korea": "Seoul", "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Egypt": "Cairo",
             "Peru": "Lima", "Spain": "Madrid", "Kenya": "Nairobi"}
 
 
-def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path):
+def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path, learnable_model):
     rows = [{"prompt": f"Capital of {k}?", "completion": f"The capital of {k} is {v}."} for k, v in CAPITALS.items()]
     data = write_jsonl(tmp_path / "caps.jsonl", rows * 8)
     args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_steps=150, learning_rate=3e-3,
@@ -142,7 +146,7 @@ def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
 
     rows = [{"prompt": f"Say {i}", "completion": f"{i}!"} for i in range(8)]
     args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, use_peft=True, lora_r=4,
-                  merge_adapter=True, max_steps=3, learning_rate=1e-2)
+                  merge_adapter=True, max_steps=3, learning_rate=1e-2, logging_steps=1)
     trainer = sft(args)
     out = Path(args.output_dir)
     assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
@@ -155,12 +159,13 @@ def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
         plain = AutoModelForCausalLM.from_pretrained(saved_model).eval()(ids).logits
     assert not torch.allclose(merged(ids).logits, plain, atol=1e-4)  # the adapter changed something
-    assert trainer.model is not None
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]  # 3 steps at lr 1e-2 on 8 rows: the adapters learn
 
 
 @pytest.mark.parametrize("relative", ["sft_self_instruct_human/self_instruct_human.jsonl",
                                       "sft_ko_chatbot/chatbot_qa.jsonl"])
-def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_path):
+def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_path, shared_data, learnable_model):
     data = shared_data(relative)
     args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_rows=200, max_steps=30,
                   validation_fraction=0.2, eval_strategy="steps", eval_steps=30, eval_on_start=True,
@@ -173,7 +178,8 @@ def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_pa
 
 def test_packing_keeps_the_response_only_loss(saved_model, tokenizer, tmp_path):
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(16)]
-    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, packing=True, max_steps=2)
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, packing=True, max_steps=2,
+                  logging_steps=1)
     trainer, _, _ = build_sft_trainer(args)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -182,4 +188,5 @@ def test_packing_keeps_the_response_only_loss(saved_model, tokenizer, tmp_path):
     assert kept.count(tokenizer.eos_token_id) == ids.count(tokenizer.eos_token_id)  # every reply's eos counts
     assert tokenizer.convert_tokens_to_ids("<|user|>") not in kept  # prompts never do
     trainer.train()
-    assert all(h["loss"] == h["loss"] for h in trainer.state.log_history if "loss" in h)  # finite, no NaN
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses)
