@@ -18,11 +18,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import world
+from .data import write_jsonl
 from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
-from .report import markdown_table, plot_attention, plot_lines, plot_position_encoding, plot_sft_loss_mask
+from .report import write_report
 from .reward import RewardRecipeConfig, train_reward_model
-from .sft import SFTRecipeConfig, sample_answers, sft
+from .sft import SFTRecipeConfig, sft
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -30,7 +31,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 @dataclass
 class Scale:
     documents: int = 3000
-    pretrain_steps: int = 600
+    pretrain_steps: int = 2000
     sft_rows: int = 2000
     sft_steps: int = 600
     preference_rows: int = 4000
@@ -38,13 +39,13 @@ class Scale:
     reward_learning_rate: float = 3e-4
     ppo_steps: int = 40
     ppo_learning_rate: float = 1e-5
-    eval_rows: int = 100
+    eval_rows: int | None = None  # held-out questions (None: all 48) and as many seen ones
     width: int = 128
     layers: int = 4
 
 
 SCALES = {"demo": Scale(), "tiny": Scale(documents=3000, pretrain_steps=600, sft_rows=2000, sft_steps=400,
-                                         preference_rows=2000, reward_steps=400, ppo_steps=30, eval_rows=50)}
+                                         preference_rows=2000, reward_steps=400, ppo_steps=30)}
 PRESETS = {  # real data: (pretraining files, SFT files, preference files)
     "english": (["tinyshakespeare/input.txt"], ["sft_dolly_2k/dolly_2k.jsonl"],
                 ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"]),
@@ -53,22 +54,18 @@ PRESETS = {  # real data: (pretraining files, SFT files, preference files)
 }
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
 STAGES_DATA = ("pretrain", "sft", "preferences")
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 
 
 def world_data(folder: Path, scale: Scale) -> dict[str, dict]:
+    """The world's four training files; no held-out subject is in the SFT, preference or PPO files."""
     files = {
         "pretrain": write_jsonl(folder / "pretrain.jsonl",
                                 [{"text": t} for t in world.pretraining_documents(scale.documents)]),
         "sft": write_jsonl(folder / "sft.jsonl", world.sft_rows(scale.sft_rows)),
         "preferences": write_jsonl(folder / "preferences.jsonl", world.preference_rows(scale.preference_rows)),
+        "ppo": write_jsonl(folder / "ppo_prompts.jsonl", world.ppo_prompts(400)),
     }
     return {stage: {"data_files": [path]} for stage, path in files.items()}
 
@@ -108,27 +105,146 @@ def is_right(answer: str, right: str, eos: str) -> bool:
     return bool(stopped) and reply.strip() == right
 
 
+def grade(answer: str, right: str, eos: str) -> dict[str, bool]:
+    """Exact (the one right sentence, then eos); right fact first (the reply starts with it: the knowledge, whatever
+    follows); one sentence (stops at eos after a single sentence: the format the raters prefer)."""
+    reply, stopped, _ = answer.partition(eos)
+    reply = reply.strip()
+    one_sentence = bool(stopped) and reply.count(".") == 1 and reply.endswith(".")
+    return {"exact": is_right(answer, right, eos), "right_fact": reply.startswith(right),
+            "one_sentence": one_sentence, "stops_at_eos": bool(stopped)}
+
+
 @torch.no_grad()
-def chat_accuracy(folder: Path, rows: list[dict], system_prompt: str, samples: int = 4) -> dict[str, float]:
-    """Held-out questions: exact-match accuracy of greedy answers and of sampled ones (τ = 1, `samples` each, what
-    PPO optimises), and the share of greedy answers that stop at eos."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": r["prompt"]}] for r in rows]
-    eos = tokenizer.eos_token
-    greedy = sample_answers(model, tokenizer, prompts, max_new_tokens=32)
+def answer_batch(model, tokenizer, prompts: list[list[dict]], samples: int = 0, max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers (samples=0) or `samples` answers each at τ = 1, in one left-padded batch, eos kept."""
     tokenizer.padding_side = "left"  # generation continues every row from its last real token
     batch = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True, return_tensors="pt",
                                           return_dict=True)
+    sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=samples) if samples \
+        else dict(do_sample=False)
     torch.manual_seed(0)
-    out = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=32,
-                         num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
-    sampled = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:])
-    rights = [r["answer"] for r in rows]
-    return {"accuracy": sum(map(is_right, greedy, rights, [eos] * len(rows))) / len(rows),
-            "accuracy_sampled": sum(is_right(a, rights[i // samples], eos) for i, a in enumerate(sampled))
-            / len(sampled),
-            "stops_at_eos": sum(eos in a for a in greedy) / len(rows)}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:])
+
+
+def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str, dict[str, float]]:
+    """Per split ("seen", "held_out") of `rows`: greedy scores (`grade`) and sampled exact match (τ = 1, `samples`
+    answers each: what PPO optimises), overall and per language. Each row carries its own system prompt or none."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = [world.chat_prompt(r["prompt"], r["system"]) for r in rows]
+    eos = tokenizer.eos_token
+    greedy = answer_batch(model, tokenizer, prompts)
+    sampled = answer_batch(model, tokenizer, prompts, samples=samples)
+    results: dict[str, dict[str, float]] = {}
+    for split in dict.fromkeys(r["split"] for r in rows):
+        picked = [i for i, r in enumerate(rows) if r["split"] == split]
+        scores = {"n": len(picked)}
+        for language in ("", "en", "ko"):
+            chosen = [i for i in picked if rows[i]["language"] == language or not language]
+            suffix = f"_{language}" if language else ""
+            graded = [grade(greedy[i], rows[i]["answer"], eos) for i in chosen]
+            for key in graded[0] if not language else ("exact",):
+                scores[f"{key}{suffix}"] = sum(g[key] for g in graded) / len(graded)
+            scores[f"sampled{suffix}"] = sum(is_right(sampled[i * samples + j], rows[i]["answer"], eos)
+                                             for i in chosen for j in range(samples)) / (len(chosen) * samples)
+        results[split] = scores
+    return results
+
+
+@torch.no_grad()
+def fact_recall(folder: Path, rows: list[dict]) -> dict[str, float]:
+    """Does a (base) model know each fact as plain text? Greedy continuation of the answer's start ("The capital of
+    Norway is" → " Oslo.") per split: the knowledge that pretraining put in, without any chat format."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer.padding_side = "left"
+    starts, ends = zip(*(r["answer"].rsplit(" ", 1) for r in rows))
+    batch = tokenizer(list(starts), return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    continued = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    right = [c.startswith(" " + end) for c, end in zip(continued, ends)]
+    splits = dict.fromkeys(r["split"] for r in rows)
+    return {split: sum(ok for ok, r in zip(right, rows) if r["split"] == split)
+            / sum(r["split"] == split for r in rows) for split in splits}
+
+
+def world_evaluation(scale: Scale) -> list[dict]:
+    """The held-out questions (every one, none in any training row) and as many seen ones, for comparison."""
+    held_out = world.eval_rows("held_out", scale.eval_rows)
+    return held_out + world.eval_rows("seen", len(held_out))
+
+
+# ------------------------------------------------------------------ the stages, each runnable alone
+
+
+def common_args(seed: int) -> dict:
+    return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed)
+
+
+def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dict:
+    """Stage 1: a byte-level BPE and a small GPT trained on the pretraining text; validation bits per byte."""
+    trainer = pretrain(PretrainConfig(
+        output_dir=str(folder), **data, vocab_size=1024, block_size=64, max_position_embeddings=128,
+        n_layer=scale.layers, n_head=4, n_embd=scale.width, per_device_train_batch_size=16,
+        max_steps=scale.pretrain_steps, learning_rate=2e-3, eval_steps=max(scale.pretrain_steps // 5, 1),
+        logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common_args(seed)))
+    evals = [h for h in trainer.state.log_history if "eval_bpb" in h]
+    return {"steps": trainer.state.global_step, "val_bpb_first": evals[0]["eval_bpb"],
+            "val_bpb_last": evals[-1]["eval_bpb"], "val_loss_last": evals[-1]["eval_loss"],
+            "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals]}
+
+
+def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0, evals: list[dict] = (),
+              system_prompt: str | None = None) -> dict:
+    """Stage 2: SFT from the base model (loss on response tokens only); accuracy before and after when checkable."""
+    before = chat_accuracy(base, evals) if evals else None
+    trainer = sft(SFTRecipeConfig(
+        output_dir=str(folder), model_name_or_path=str(base), **data, system_prompt=system_prompt,
+        max_steps=scale.sft_steps, per_device_train_batch_size=16, learning_rate=1e-3,
+        eval_steps=max(scale.sft_steps // 4, 1), logging_steps=10, max_rows=scale.sft_rows, eval_on_start=True,
+        lr_scheduler_type="cosine", **common_args(seed)))
+    losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+    metrics = {"steps": trainer.state.global_step, "eval_loss_curve": losses}
+    if evals:
+        metrics["accuracy"] = {"base": before, "sft": chat_accuracy(folder, evals)}
+        metrics["fact_recall_base"] = fact_recall(base, evals)
+    return metrics
+
+
+def reward_stage(folder: Path, sft_folder: Path, data: dict, scale: Scale, seed: int = 0,
+                 system_prompt: str | None = None) -> dict:
+    """Stage 3a: a reward model from the SFT model, trained on ranked pairs; held-out pairwise accuracy."""
+    train_reward_model(RewardRecipeConfig(
+        output_dir=str(folder), model_name_or_path=str(sft_folder), **data, max_rows=scale.preference_rows,
+        max_steps=scale.reward_steps, system_prompt=system_prompt, per_device_train_batch_size=16,
+        learning_rate=scale.reward_learning_rate, eval_steps=max(scale.reward_steps // 3, 1), logging_steps=10,
+        lr_scheduler_type="cosine", **common_args(seed)))
+    metrics = json.loads((folder / "reward_metrics.json").read_text())
+    return {"steps": scale.reward_steps, "pairwise_accuracy": metrics["pairwise_accuracy"]}
+
+
+def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict, scale: Scale, seed: int = 0,
+              evals: list[dict] = (), system_prompt: str | None = None, drop_long_prompts: bool = False) -> dict:
+    """Stage 3b: PPO from the SFT model, reward = the RM's score alone (no checker), KL penalty to the SFT model."""
+    trainer = ppo(PPOConfig(
+        output_dir=str(folder), model_name_or_path=str(sft_folder), reward_model_path=str(reward_folder),
+        **prompts, system_prompt=system_prompt, max_rows=400, drop_long_prompts=drop_long_prompts,
+        max_steps=scale.ppo_steps, per_device_train_batch_size=16, response_length=32, temperature=0.7,
+        num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, save_strategy="no", sample_every=5,
+        report_to="none", seed=seed))
+    history = trainer.log_history
+    k = max(len(history) // 4, 1)
+    mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)
+    metrics = {"steps": len(history), "score_first": mean(history[:k], "objective/scores"),
+               "score_last": mean(history[-k:], "objective/scores"),
+               "kl_max": max(h["objective/kl"] for h in history),
+               "score_curve": [(h["step"], h["objective/scores"]) for h in history],
+               "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
+    if evals:
+        metrics["accuracy"] = {"ppo": chat_accuracy(folder, evals)}
+    return metrics
 
 
 class Pipeline:
@@ -154,166 +270,18 @@ class Pipeline:
         return metrics
 
     def run(self) -> dict[str, dict]:
-        s, world_mode = self.scale, self.data_name == "world"
-        data = world_data(self.out / "data", s) if world_mode else preset_data(self.data_name)
-        system = world.SYSTEM_PROMPT
-        evals = world.eval_rows(s.eval_rows) if world_mode else []
-        common = dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=self.seed)
-
-        def pretrain_stage(folder: Path) -> dict:
-            trainer = pretrain(PretrainConfig(
-                output_dir=str(folder), **data["pretrain"], vocab_size=1024, block_size=64,
-                max_position_embeddings=128, n_layer=s.layers,
-                n_head=4, n_embd=s.width, per_device_train_batch_size=16, max_steps=s.pretrain_steps,
-                learning_rate=2e-3, eval_steps=max(s.pretrain_steps // 5, 1), logging_steps=10,
-                sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common))
-            evals_ = [h for h in trainer.state.log_history if "eval_bpb" in h]
-            return {"steps": trainer.state.global_step, "val_bpb_first": evals_[0]["eval_bpb"],
-                    "val_bpb_last": evals_[-1]["eval_bpb"], "val_loss_last": evals_[-1]["eval_loss"],
-                    "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals_]}
-
-        def sft_stage(folder: Path) -> dict:
-            before = chat_accuracy(self.out / "base", evals, system) if evals else {}
-            trainer = sft(SFTRecipeConfig(
-                output_dir=str(folder), model_name_or_path=str(self.out / "base"), **data["sft"],
-                system_prompt=system, max_steps=s.sft_steps, per_device_train_batch_size=16, learning_rate=1e-3,
-                eval_steps=max(s.sft_steps // 4, 1), logging_steps=10, max_rows=s.sft_rows, eval_on_start=True,
-                lr_scheduler_type="cosine", **common))
-            after = chat_accuracy(folder, evals, system) if evals else {}
-            losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-            return {"steps": trainer.state.global_step, "eval_loss_curve": losses,
-                    **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}}
-
-        def reward_stage(folder: Path) -> dict:
-            train_reward_model(RewardRecipeConfig(
-                output_dir=str(folder), model_name_or_path=str(self.out / "sft"), **data["preferences"],
-                max_rows=s.preference_rows, max_steps=s.reward_steps, system_prompt=system,
-                per_device_train_batch_size=16,
-                learning_rate=s.reward_learning_rate, eval_steps=max(s.reward_steps // 3, 1), logging_steps=10,
-                lr_scheduler_type="cosine", **common))
-            metrics = json.loads((folder / "reward_metrics.json").read_text())
-            return {"steps": s.reward_steps, "pairwise_accuracy": metrics["pairwise_accuracy"]}
-
-        def ppo_stage(folder: Path) -> dict:
-            prompts = {"data_files": [write_jsonl(self.out / "data" / "ppo_prompts.jsonl",
-                                                  [{"prompt": r["prompt"]} for r in world.eval_rows(400, seed=4)])]} \
-                if world_mode else data["preferences"]  # PPO reads the prompts of the preference data
-            # Reward = the RM's score alone, as in the lecture (no checker): accuracy rises only as far as the RM
-            # is right. It is weakest on sums with a near-miss value: see docs/experiments.md.
-            trainer = ppo(PPOConfig(
-                output_dir=str(folder), model_name_or_path=str(self.out / "sft"),
-                reward_model_path=str(self.out / "reward"), **prompts, system_prompt=system,
-                max_rows=400, drop_long_prompts=not world_mode, max_steps=s.ppo_steps,
-                per_device_train_batch_size=16, response_length=32,
-                temperature=0.7, num_ppo_epochs=2, learning_rate=s.ppo_learning_rate, kl_coef=0.05, save_steps=0,
-                sample_every=5,
-                report_to="none", seed=self.seed))
-            history = trainer.log_history
-            after = chat_accuracy(folder, evals, system) if evals else {}
-            k = max(len(history) // 4, 1)
-            mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)
-            return {"steps": len(history), "score_first": mean(history[:k], "objective/scores"),
-                    "score_last": mean(history[-k:], "objective/scores"),
-                    "kl_max": max(h["objective/kl"] for h in history),
-                    **{f"{name}_after": v for name, v in after.items()},
-                    "score_curve": [(h["step"], h["objective/scores"]) for h in history],
-                    "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
-
-        self.stage("base", pretrain_stage)
-        self.stage("sft", sft_stage)
-        self.stage("reward", reward_stage)
-        self.stage("ppo", ppo_stage)
-        self.write_report(system)
+        s, out, seed, world_mode = self.scale, self.out, self.seed, self.data_name == "world"
+        data = world_data(out / "data", s) if world_mode else preset_data(self.data_name)
+        evals = world_evaluation(s) if world_mode else []
+        # World rows carry their own system prompts (varied or none); real data get none added.
+        self.stage("base", lambda f: pretrain_stage(f, data["pretrain"], s, seed))
+        self.stage("sft", lambda f: sft_stage(f, out / "base", data["sft"], s, seed, evals))
+        self.stage("reward", lambda f: reward_stage(f, out / "sft", data["preferences"], s, seed))
+        # PPO reads its own prompts (world) or the prompts of the preference data (real data).
+        self.stage("ppo", lambda f: ppo_stage(f, out / "sft", out / "reward", data.get("ppo", data["preferences"]),
+                                              s, seed, evals, drop_long_prompts=not world_mode))
+        write_report(out, self.data_name, self.metrics)
         return self.metrics
-
-    def write_report(self, system: str) -> Path:
-        m, out, pics = self.metrics, self.out, self.out / "plots"
-        pics.mkdir(parents=True, exist_ok=True)
-        tokenizer = AutoTokenizer.from_pretrained(out / "ppo")
-        model = AutoModelForCausalLM.from_pretrained(out / "ppo").eval()
-        plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,
-                               model.config.sinusoidal_base)
-        plot_attention(model, tokenizer, "The capital of Korea is Seoul. 3 plus 4 is 7.",
-                       pics / "attention.png")
-        plot_sft_loss_mask(tokenizer, [{"role": "system", "content": system},
-                                       {"role": "user", "content": "What is the capital of France?"},
-                                       {"role": "assistant", "content": "The capital of France is Paris."}],
-                           pics / "sft_loss_mask.png")
-        plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
-                   {"val bpb": m["base"]["bpb_curve"]})
-        plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
-                   {"eval loss": m["sft"]["eval_loss_curve"]})
-        plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
-                   {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
-        samples = self.chat_samples(model, tokenizer, system)
-        table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])
-        text = f"""# hf-gpt pipeline report — data: {self.data_name}
-
-| stage | seconds |
-|---|---:|
-""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in ("base", "sft", "reward", "ppo")) + f"""
-## 1. Pretraining (next-token cross-entropy)
-{table("base", ["steps", "val_bpb_first", "val_bpb_last", "val_loss_last"])}
-
-![bpb](plots/pretrain_bpb.png) ![curves](base/curves.png)
-
-![positional encoding](plots/position_encoding.png)
-
-## 2. SFT (loss on response tokens only)
-{table("sft", ["steps", "accuracy_before", "accuracy_after", "stops_at_eos_after"])}
-
-![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
-
-## 3. Reward model (ranked pairs)
-{table("reward", ["steps", "pairwise_accuracy"])}
-
-## 4. PPO (reward = RM score, KL penalty to the SFT model)
-{table("ppo", ["steps", "score_first", "score_last", "kl_max"])}
-
-{self.accuracy_table()}
-
-![ppo](plots/ppo_reward_kl.png)
-
-## 5. Talking to the final model (system prompt: "{system}")
-{markdown_table(samples)}
-
-![attention](plots/attention.png)
-"""
-        path = out / "report.md"
-        path.write_text(text, encoding="utf-8")
-        return path
-
-    def accuracy_table(self) -> str:
-        """Held-out exact-match accuracy after each stage (world data only: real data has no checker)."""
-        sft = self.metrics["sft"]
-        if sft.get("accuracy_after") is None:
-            return ""
-        stages = {"base": (sft, "before"), "sft": (sft, "after"), "ppo": (self.metrics["ppo"], "after")}
-        rows = [{"model": name, "greedy": m.get(f"accuracy_{when}"),
-                 "sampled (τ = 1)": m.get(f"accuracy_sampled_{when}"), "stops at eos": m.get(f"stops_at_eos_{when}")}
-                for name, (m, when) in stages.items()]
-        return ("Exact-match accuracy on held-out questions (the one right sentence, then eos). Most demonstrations "
-                "ramble on after the answer, so SFT does too; the raters' pairs prefer one sentence, and PPO moves "
-                "the model there.\n\n" + markdown_table(rows))
-
-    @torch.no_grad()
-    def chat_samples(self, model, tokenizer, system: str) -> list[dict]:
-        """Low temperature for facts, high for variety: distinct answers over 10 samples at τ = 0.2 vs 1.0."""
-        rows = []
-        for question in ("What is the capital of Korea?", "대한민국의 수도는 어디입니까?", "What is 3 plus 4?"):
-            prompt = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)["input_ids"]
-            row = {"question": question}
-            for tau in (0.2, 1.0):
-                torch.manual_seed(0)
-                out = model.generate(ids.repeat(10, 1), do_sample=True, temperature=tau, top_p=1.0, top_k=0,
-                                     max_new_tokens=24, pad_token_id=tokenizer.pad_token_id)
-                answers = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-                row[f"τ={tau}: first answer"] = answers[0]
-                row[f"τ={tau}: distinct of 10"] = len(set(answers))
-            rows.append(row)
-        return rows
 
 
 def main(argv: list[str] | None = None) -> None:

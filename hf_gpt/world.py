@@ -4,10 +4,16 @@ Two kinds of facts, in English and Korean, in the lecture's style ("대한민국
 capitals of countries, and sums of small numbers. Every answer has one right form, so each stage's gain is a number:
 pretraining bits per byte, SFT exact-match accuracy, reward-model pairwise accuracy, PPO reward and accuracy.
 
+Subjects, not draws, are held out: the countries in `HELD_OUT_COUNTRIES` and the number pairs in `HELD_OUT_SUMS`
+appear in the pretraining text only, never in an SFT, preference or PPO row (not as a question, nor inside an answer).
+Questions about them test what the lecture says each stage teaches: the facts come from pretraining, the answer
+format from SFT and PPO.
+
 The demonstrations are uneven, as human ones are: most writers ramble on with another fact after the answer
-although the system prompt asks for one sentence. SFT imitates them; the raters who rank pairs follow the system
-prompt, so the reward model prefers the one-sentence answer, and PPO moves the model from what writers did to what
-raters prefer: the gap that RLHF exists to close.
+although the system prompt asks for one sentence. SFT imitates them; the raters who rank pairs prefer the
+one-sentence answer, so the reward model does too, and PPO moves the model from what writers did to what raters
+prefer: the gap that RLHF exists to close. System prompts vary (and are often absent), so the chat model does not
+depend on one.
 """
 
 import random
@@ -21,105 +27,184 @@ CAPITALS = [  # (country EN, capital EN, country KO, capital KO)
     ("Russia", "Moscow", "러시아", "모스크바"), ("Greece", "Athens", "그리스", "아테네"),
     ("Canada", "Ottawa", "캐나다", "오타와"), ("Brazil", "Brasilia", "브라질", "브라질리아"),
     ("Norway", "Oslo", "노르웨이", "오슬로"), ("Austria", "Vienna", "오스트리아", "빈"),
+    ("Poland", "Warsaw", "폴란드", "바르샤바"), ("Cuba", "Havana", "쿠바", "아바나"),
+    ("Sweden", "Stockholm", "스웨덴", "스톡홀름"), ("Chile", "Santiago", "칠레", "산티아고"),
 ]
+HELD_OUT_COUNTRIES = ("Peru", "Norway", "Cuba", "Sweden")  # in pretraining text only
+HELD_OUT_SUMS = tuple(sorted(random.Random(7).sample([(a, b) for a in range(10) for b in range(10)], 20)))
+
 SYSTEM_PROMPT = "You are a helpful assistant. Answer in one sentence."
+LECTURE_SYSTEM_PROMPT = "You are a logical and concise assistant."
+# System prompts of the training rows (None: no system turn, as most users send), and others that only evaluation uses.
+TRAINING_SYSTEM_PROMPTS = (None, None, SYSTEM_PROMPT, LECTURE_SYSTEM_PROMPT, "한 문장으로 답하세요.")
+EVAL_SYSTEM_PROMPTS = (None, LECTURE_SYSTEM_PROMPT, "Be brief and correct.")  # the last one never trained on
 RAMBLING_DEMONSTRATIONS = 0.6  # share of SFT demonstrations that add a second, unasked-for fact
+
+_SINO_KOREAN_DIGITS = "영일이삼사오육칠팔구"
+
+
+def korean_particle(word: str | int, pair: str) -> str:
+    """`word` + the particle of `pair` ("은/는", "이/가", "을/를", "과/와") that Korean grammar picks after it: the
+    first form after a final consonant (받침), the second after a vowel. Numbers are read in Sino-Korean (1 일 →
+    "1은", 2 이 → "2는", 10 십 → "10은")."""
+    after_consonant, after_vowel = pair.split("/")
+    text = str(word)
+    last = text[-1]
+    if last.isdigit():
+        # The last spoken syllable: the units digit's, or for 10, 20, 100, ... 십/백/천/만, which all end in 받침.
+        spoken = _SINO_KOREAN_DIGITS[int(last)] if last != "0" or text == "0" else "십"
+    elif "가" <= last <= "힣":
+        spoken = last
+    else:
+        raise ValueError(f"korean_particle needs a Hangul word or a number, got {word!r}")
+    has_final = (ord(spoken) - 0xAC00) % 28 != 0
+    return text + (after_consonant if has_final else after_vowel)
 
 
 def _is_sum(sentence: str) -> bool:
     return " plus " in sentence or " 더하기 " in sentence
 
 
-def rambling(answer: str, rng: random.Random) -> str:
-    """The answer plus a true fact of the other kind (a capital after a sum, a sum after a capital), in the same
-    language: true, but not the one sentence the system prompt asks for."""
-    korean = re.search("[가-힣]", answer) is not None
-    while True:
-        _, extra, _ = _qa(rng)
-        if (re.search("[가-힣]", extra) is not None) == korean and _is_sum(extra) != _is_sum(answer):
-            return f"{answer} {extra}"
+def _korean(sentence: str) -> bool:
+    return re.search("[가-힣]", sentence) is not None
 
 
-def _qa(rng: random.Random) -> tuple[str, str, str]:
-    """One (question, right answer, wrong answer), in English or Korean, about a capital or a sum.
+def subjects(split: str) -> tuple[list[tuple], list[tuple[int, int]]]:
+    """(countries, number pairs) of a split: "seen" (training prompts use them), "held_out" (pretraining only), or
+    "all" (the pretraining text)."""
+    pairs = [(a, b) for a in range(10) for b in range(10)]
+    if split == "all":
+        return list(CAPITALS), pairs
+    held = split == "held_out"
+    if split not in ("seen", "held_out"):
+        raise ValueError(f"split must be seen, held_out or all, got {split!r}")
+    return ([c for c in CAPITALS if (c[0] in HELD_OUT_COUNTRIES) == held],
+            [p for p in pairs if (p in HELD_OUT_SUMS) == held])
+
+
+def capital_qa(country: tuple, korean: bool) -> tuple[str, str]:
+    name, capital, name_ko, capital_ko = country
+    if korean:
+        return f"{name_ko}의 수도는 어디입니까?", f"{name_ko}의 수도는 {capital_ko}입니다."
+    return f"What is the capital of {name}?", f"The capital of {name} is {capital}."
+
+
+def sum_qa(a: int, b: int, korean: bool, total: int | None = None) -> tuple[str, str]:
+    """Question and answer (with `total` in place of a + b for a wrong answer)."""
+    total = a + b if total is None else total
+    if korean:
+        subject = f"{a} 더하기 {korean_particle(b, '은/는')}"
+        return f"{subject} 얼마입니까?", f"{subject} {total}입니다."
+    return f"What is {a} plus {b}?", f"{a} plus {b} is {total}."
+
+
+def _qa(rng: random.Random, split: str = "seen") -> tuple[str, str, str]:
+    """One (question, right answer, wrong answer), in English or Korean, about a capital or a sum of `split`.
 
     Wrong answers are of two kinds: the right subject with a wrong value, or a true fact about another subject.
     With only the first kind, a reward model learns to like any true-sounding sentence, and PPO learns to answer
     every question with "The capital of France is Paris." (reward hacking, seen in this demo's first version).
     `preference_rows` adds a third kind, the right answer followed by another fact."""
+    countries, pairs = subjects(split)
     korean = rng.random() < 0.5
     off_topic = rng.random() < 0.5
     if rng.random() < 0.5:
-        country, capital, country_ko, capital_ko = rng.choice(CAPITALS)
-        other = rng.choice([c for c in CAPITALS if c[1] != capital])
-        if korean:
-            subject = other[2] if off_topic else country_ko
-            wrong = f"{subject}의 수도는 {other[3]}입니다."
-            return f"{country_ko}의 수도는 어디입니까?", f"{country_ko}의 수도는 {capital_ko}입니다.", wrong
-        wrong = f"The capital of {other[0]} is {other[1]}." if off_topic else f"The capital of {country} is {other[1]}."
-        return f"What is the capital of {country}?", f"The capital of {country} is {capital}.", wrong
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    c = rng.choice([n for n in range(10) if n != b])
-    wrong_sum = a + b + rng.choice([-2, -1, 1, 2, 3])
-    if korean:
-        wrong = f"{a} 더하기 {c}는 {a + c}입니다." if off_topic else f"{a} 더하기 {b}는 {wrong_sum}입니다."
-        return f"{a} 더하기 {b}는 얼마입니까?", f"{a} 더하기 {b}는 {a + b}입니다.", wrong
-    wrong = f"{a} plus {c} is {a + c}." if off_topic else f"{a} plus {b} is {wrong_sum}."
-    return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", wrong
+        country = rng.choice(countries)
+        other = rng.choice([c for c in countries if c != country])
+        question, right = capital_qa(country, korean)
+        if off_topic:
+            return question, right, capital_qa(other, korean)[1]
+        return question, right, capital_qa((*country[:1], other[1], country[2], other[3]), korean)[1]
+    a, b = rng.choice(pairs)
+    question, right = sum_qa(a, b, korean)
+    if off_topic:
+        other = rng.choice([p for p in pairs if p != (a, b)])
+        return question, right, sum_qa(*other, korean)[1]
+    return question, right, sum_qa(a, b, korean, a + b + rng.choice([-2, -1, 1, 2, 3]))[1]
+
+
+def rambling(answer: str, rng: random.Random, split: str = "seen") -> str:
+    """The answer plus a true fact of the other kind (a capital after a sum, a sum after a capital), in the same
+    language: true, but not the one sentence the system prompt asks for."""
+    while True:
+        _, extra, _ = _qa(rng, split)
+        if _korean(extra) == _korean(answer) and _is_sum(extra) != _is_sum(answer):
+            return f"{answer} {extra}"
+
+
+def chat_prompt(question: str, system_prompt: str | None) -> list[dict]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": question}]
 
 
 def pretraining_documents(n: int, seed: int = 0) -> list[str]:
-    """Short documents of true statements, the world's 'web text'."""
+    """Short documents of true statements about every subject, held-out ones included: the world's 'web text'."""
     rng = random.Random(seed)
-    docs = []
-    for _ in range(n):
-        sentences = [_qa(rng)[1] for _ in range(rng.randint(3, 8))]
-        docs.append(" ".join(sentences))
-    return docs
+    return [" ".join(_qa(rng, "all")[1] for _ in range(rng.randint(3, 8))) for _ in range(n)]
 
 
 def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATIONS) -> list[dict]:
-    """Demonstrations: the right answer, followed by another fact in `rambling_share` of them."""
+    """Demonstrations (chat messages, system prompt varied or absent) on seen subjects: the right answer, followed by
+    another fact in `rambling_share` of them."""
     rng = random.Random(seed)
     rows = []
     for q, right, _ in (_qa(rng) for _ in range(n)):
-        rows.append({"prompt": q, "completion": rambling(right, rng) if rng.random() < rambling_share else right})
+        reply = rambling(right, rng) if rng.random() < rambling_share else right
+        rows.append({"messages": [*chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS)),
+                                  {"role": "assistant", "content": reply}]})
     return rows
 
 
 def preference_rows(n: int, seed: int = 2) -> list[dict]:
-    """Ranked pairs: the one-sentence right answer over a wrong value, an off-topic fact, or a rambling answer."""
+    """Ranked pairs on seen subjects: the one-sentence right answer over a wrong value, an off-topic fact, or a
+    rambling answer."""
     rng = random.Random(seed)
     rows = []
     for q, right, wrong in (_qa(rng) for _ in range(n)):
         rejected = rambling(right, rng) if rng.random() < 1 / 3 else wrong
-        rows.append({"prompt": q, "chosen": right, "rejected": rejected})
+        rows.append({"prompt": chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS)), "chosen": right,
+                     "rejected": rejected})
     return rows
 
 
-def eval_rows(n: int, seed: int = 3) -> list[dict]:
-    """Held-out questions with their one right answer (one sentence, as the system prompt asks)."""
+def ppo_prompts(n: int, seed: int = 4) -> list[dict]:
+    """PPO's prompts (states): questions on seen subjects, system prompt varied or absent."""
     rng = random.Random(seed)
-    return [{"prompt": q, "answer": right} for q, right, _ in (_qa(rng) for _ in range(n))]
+    return [{"prompt": chat_prompt(_qa(rng)[0], rng.choice(TRAINING_SYSTEM_PROMPTS))} for _ in range(n)]
+
+
+def questions(split: str) -> list[dict]:
+    """Every distinct question of a split, with its answer, language and kind."""
+    countries, pairs = subjects(split)
+    rows = []
+    for korean in (False, True):
+        language = "ko" if korean else "en"
+        rows += [dict(zip(("prompt", "answer"), capital_qa(c, korean)), language=language, kind="capital")
+                 for c in countries]
+        rows += [dict(zip(("prompt", "answer"), sum_qa(a, b, korean)), language=language, kind="sum")
+                 for a, b in pairs]
+    return rows
+
+
+def eval_rows(split: str, n: int | None = None, seed: int = 3) -> list[dict]:
+    """Evaluation questions of a split ("held_out": never in any training prompt; "seen": training questions, for
+    comparison), at most `n` of them in a fixed random order, each with an evaluation system prompt (or none)."""
+    rows = questions(split)
+    random.Random(seed).shuffle(rows)
+    rows = rows[:n] if n else rows
+    return [{**r, "split": split, "system": EVAL_SYSTEM_PROMPTS[i % len(EVAL_SYSTEM_PROMPTS)]}
+            for i, r in enumerate(rows)]
 
 
 def right_answer(question: str) -> str | None:
     """The one right answer to a question of this world, or None for a question from elsewhere."""
-    for country, capital, country_ko, capital_ko in CAPITALS:
-        if question == f"What is the capital of {country}?":
-            return f"The capital of {country} is {capital}."
-        if question == f"{country_ko}의 수도는 어디입니까?":
-            return f"{country_ko}의 수도는 {capital_ko}입니다."
-    if m := re.fullmatch(r"What is (\d) plus (\d)\?", question):
-        a, b = map(int, m.groups())
-        return f"{a} plus {b} is {a + b}."
-    if m := re.fullmatch(r"(\d) 더하기 (\d)는 얼마입니까\?", question):
-        a, b = map(int, m.groups())
-        return f"{a} 더하기 {b}는 {a + b}입니다."
-    return None
+    return _ANSWERS.get(question)
+
+
+_ANSWERS = {r["prompt"]: r["answer"] for r in questions("all")}
 
 
 def exact_match_reward(prompts: list[list[dict]], completions: list[str]) -> list[float]:
     """1.0 when the completion is exactly the right answer to the last user question, else 0.0 (a checker)."""
-    questions = [next(m["content"] for m in reversed(p) if m["role"] == "user") for p in prompts]
-    return [float(c.strip() == right_answer(q)) for q, c in zip(questions, completions)]
+    questions_ = [next(m["content"] for m in reversed(p) if m["role"] == "user") for p in prompts]
+    return [float(c.strip() == right_answer(q)) for q, c in zip(questions_, completions)]
