@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from transformers import AutoModelForCausalLM, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .data import load_rows
+from .loading import load_score_model
 from .ppo import to_messages
 from .recipe_utils import RecipeFields, load_stage
 from .reward import prepare_preferences
@@ -32,6 +33,8 @@ def import_reward_function(path: str) -> Callable:
 class _Common(RecipeFields):
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (GRPO/RLOO)."})
     reward_functions: list[str] | None = field(default=None, metadata={"help": "Dotted paths of reward functions."})
+    drop_long_prompts: bool = field(default=False, metadata={"help": "Drop (and count) prompts with no room for the "
+                                                                     "completion instead of failing (GRPO/RLOO)."})
 
 
 @dataclass
@@ -49,11 +52,19 @@ class DPORecipeConfig(_Common, DPOConfig):
     """TRL's DPOConfig plus our data and model fields."""
 
 
-def _prompts(args) -> Dataset:
+def _prompts(args, tokenizer, context: int) -> Dataset:
+    """The prompts as chat messages; those with no room for max_completion_length tokens in the context are an error
+    naming the row, or dropped and counted with `drop_long_prompts` (as PPO's)."""
+    from .ppo import check_prompt_lengths
+
     rows = load_rows(args)
     if "prompt" not in rows.column_names:
         raise ValueError(f"The data has columns {rows.column_names}; a 'prompt' column is needed.")
-
+    rows = check_prompt_lengths(rows, tokenizer, context, args.max_completion_length, "prompt", args.system_prompt,
+                                args.drop_long_prompts)
+    if len(rows) == 0:
+        raise ValueError(f"No prompt leaves room for {args.max_completion_length} completion tokens in the model's "
+                         f"context of {context}: lower max_completion_length or use a longer-context model.")
     return rows.map(lambda row: {"prompt": to_messages(row["prompt"], args.system_prompt)},
                     remove_columns=rows.column_names)
 
@@ -61,8 +72,7 @@ def _prompts(args) -> Dataset:
 def _rewards(args) -> list:
     rewards = [import_reward_function(p) for p in args.reward_functions or []]
     if args.reward_model_path:
-        rewards.insert(0, AutoModelForSequenceClassification.from_pretrained(
-            args.reward_model_path, num_labels=1, trust_remote_code=args.trust_remote_code))
+        rewards.insert(0, load_score_model(args.reward_model_path, "reward model", args.trust_remote_code))
     if not rewards:
         raise ValueError("Give reward_model_path and/or reward_functions.")
     return rewards
@@ -73,7 +83,8 @@ def _online(trainer_cls, args):
     tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rewards = _rewards(args)
     reward_tokenizers = [tokenizer if not callable(r) or hasattr(r, "config") else None for r in rewards]
-    trainer = trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=_prompts(args),
+    prompts = _prompts(args, tokenizer, model.config.max_position_embeddings)
+    trainer = trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
     trainer.train()
     trainer.save_model(args.output_dir)
@@ -92,8 +103,10 @@ def dpo(args: DPORecipeConfig) -> DPOTrainer:
     set_seed(args.seed)
     tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rows = load_rows(args)
-    pairs, _ = prepare_preferences(rows, tokenizer, args.max_length or model.config.max_position_embeddings,
-                                   args.system_prompt)
+    # TRL's default max_length (1024) may exceed the model's context: pairs longer than the context are dropped.
+    args.max_length = min(args.max_length or model.config.max_position_embeddings,
+                          model.config.max_position_embeddings)
+    pairs, _ = prepare_preferences(rows, tokenizer, args.max_length, args.system_prompt)
     trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(args.output_dir)

@@ -31,6 +31,9 @@ def check_text_file(path: Path) -> None:
         raise ValueError(f"Data file is empty: {path}. Give it some text.")
     if path.suffix in (".parquet",):
         return
+    if path.suffix == ".jsonl":
+        check_jsonl(path)
+        return
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with path.open("rb") as f:
@@ -43,6 +46,25 @@ def check_text_file(path: Path) -> None:
                     f"e.g. `iconv -f cp949 -t utf-8 {path.name} > fixed{path.suffix}`."
                 ) from None
             offset += len(chunk)
+
+
+def check_jsonl(path: Path) -> None:
+    """Every line one JSON object, UTF-8: else one line naming the file and the line (not a traceback from pyarrow)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8").strip())
+            except UnicodeDecodeError:
+                raise ValueError(f"{path} line {number} is not valid UTF-8: convert the file, e.g. `iconv -f cp949 "
+                                 f"-t utf-8`.") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number} is not valid JSON ({err.msg}, column {err.colno}): fix or "
+                                 "remove that line.") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number} is a JSON {type(row).__name__}, not an object {{...}}: each "
+                                 "line must be one row.")
 
 
 def load_documents(
@@ -147,7 +169,10 @@ def load_rows(args) -> Dataset:
     if args.data_files:
         for path in args.data_files:
             check_text_file(Path(path))
-        suffix = Path(args.data_files[0]).suffix
+        suffixes = {Path(p).suffix for p in args.data_files}
+        if len(suffixes) != 1:
+            raise ValueError(f"data_files mixes file types ({', '.join(sorted(suffixes))}): convert them to one type.")
+        suffix = suffixes.pop()
         dataset = load_dataset(BUILDERS.get(suffix, suffix.lstrip(".")), data_files=list(args.data_files),
                                split="train")
     else:

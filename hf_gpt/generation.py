@@ -37,10 +37,12 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
 def load(model_name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """Tokenizer and model in eval mode. Code from the folder or repo runs only with `trust_remote_code=True`, as in
     transformers; hf_gpt models never need it where hf_gpt is installed."""
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, revision=revision,
-                                              trust_remote_code=trust_remote_code, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, revision=revision,
-                                                 trust_remote_code=trust_remote_code)
+    from .loading import check_vocab, load_pretrained
+
+    remote = dict(revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = load_pretrained(AutoTokenizer, model_name_or_path, "the tokenizer", padding_side="left", **remote)
+    model = load_pretrained(AutoModelForCausalLM, model_name_or_path, "the model", **remote)
+    check_vocab(tokenizer, model, model_name_or_path)
     return tokenizer, model.eval()
 
 

@@ -22,7 +22,6 @@ from datasets import Dataset
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
     GenerationConfig,
     PreTrainedTokenizerBase,
     Trainer,
@@ -32,6 +31,7 @@ from transformers import (
 
 from .data import load_rows, with_system_prompt
 from .hub import write_summary
+from .loading import check_vocab, load_score_model
 from .ppo_core import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -171,7 +171,15 @@ def disable_dropout(*models: nn.Module) -> None:
 
 def to_messages(prompt, system_prompt: str | None) -> list[dict]:
     """A prompt (text, an HH transcript, or chat messages) as chat messages, with the system prompt rule applied."""
-    return with_system_prompt(prompt if isinstance(prompt, list) else text_to_messages(prompt), system_prompt)
+    if isinstance(prompt, str):
+        return with_system_prompt(text_to_messages(prompt), system_prompt)
+    if not isinstance(prompt, list) or not prompt:
+        raise ValueError(f"A prompt must be text or a non-empty list of chat messages, got {prompt!r:.80}")
+    for turn in prompt:
+        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
+            role = turn.get("role") if isinstance(turn, dict) else turn
+            raise ValueError(f"A prompt has a turn with role {role!r}: use system, user or assistant.")
+    return with_system_prompt(prompt, system_prompt)
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], device) -> dict[str, torch.Tensor]:
@@ -480,7 +488,6 @@ def load_ppo_models(args: PPOConfig):
     if not (args.reward_model_path or args.value_model_path):
         raise ValueError("Give reward_model_path (the value model starts from it) or value_model_path.")
     tokenizer, policy = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
-    load = dict(trust_remote_code=args.trust_remote_code)
     ref_policy = None
     if args.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -488,29 +495,35 @@ def load_ppo_models(args: PPOConfig):
         policy = get_peft_model(policy, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                                                    target_modules=args.lora_target_modules, task_type="CAUSAL_LM"))
     else:
-        ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **load)
-    reward_model = (AutoModelForSequenceClassification.from_pretrained(args.reward_model_path, num_labels=1, **load)
-                    if args.reward_model_path else None)
-    value_model = AutoModelForSequenceClassification.from_pretrained(
-        args.value_model_path or args.reward_model_path, num_labels=1, **load)
+        ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path,
+                                                          trust_remote_code=args.trust_remote_code)
+    remote = args.trust_remote_code
+    reward_model = load_score_model(args.reward_model_path, "reward model", remote) if args.reward_model_path else None
+    value_model = load_score_model(args.value_model_path or args.reward_model_path, "value model", remote)
+    for model, path in ((reward_model, args.reward_model_path), (value_model, args.value_model_path)):
+        if model is not None:  # they read the policy's token ids
+            check_vocab(tokenizer, model, path or args.reward_model_path)
     return tokenizer, policy, ref_policy, reward_model, value_model
 
 
-def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: PPOConfig,
-                         context: int) -> Dataset:
-    """Prompts that leave no room for response_length tokens: an error naming the row, or dropped and counted."""
+def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, context: int, room: int,
+                         column: str = "prompt", system_prompt: str | None = None, drop: bool = False) -> Dataset:
+    """Prompts that leave no room for `room` new tokens in the context: an error naming the row, or (`drop`) dropped
+    and counted. Shared by PPO (room = response_length) and GRPO/RLOO (room = max_completion_length)."""
     keep = []
     for i, row in enumerate(dataset):
-        prompt = to_messages(row[args.prompt_column], args.system_prompt)
+        try:
+            prompt = to_messages(row[column], system_prompt)
+        except ValueError as err:
+            raise ValueError(f"Prompt row {i}: {err}") from None
         n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
-        if n + args.response_length <= context:
+        if n + room <= context:
             keep.append(i)
-        elif not args.drop_long_prompts:
-            raise ValueError(f"Prompt row {i} has {n} tokens; with response_length={args.response_length} that "
-                             f"exceeds the model's context of {context}. Shorten or filter the prompts, or set "
-                             "drop_long_prompts.")
+        elif not drop:
+            raise ValueError(f"Prompt row {i} has {n} tokens; with {room} new tokens that exceeds the model's context "
+                             f"of {context}. Shorten or filter the prompts, or set drop_long_prompts.")
     if len(keep) < len(dataset):
-        print(f"PPO prompts: dropped {len(dataset) - len(keep)} of {len(dataset)} longer than the context allows")
+        print(f"Prompts: dropped {len(dataset) - len(keep)} of {len(dataset)} longer than the context allows")
     return dataset.select(keep)
 
 
@@ -527,7 +540,11 @@ def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
     set_seed(args.seed)
     tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
     dataset = load_rows(args)
-    dataset = check_prompt_lengths(dataset, tokenizer, args, policy.config.max_position_embeddings)
+    if args.prompt_column not in dataset.column_names:
+        raise ValueError(f"The prompt data has columns {dataset.column_names}, no {args.prompt_column!r}: set "
+                         "--prompt_column to the column that holds the prompts.")
+    dataset = check_prompt_lengths(dataset, tokenizer, policy.config.max_position_embeddings, args.response_length,
+                                   args.prompt_column, args.system_prompt, args.drop_long_prompts)
     trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
     trainer.train(resume_from_checkpoint=resume)
     return trainer

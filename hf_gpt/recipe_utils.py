@@ -47,7 +47,24 @@ def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None
         i = argv.index("--config") + 1
         argv[i] = resolve_config(argv[i], stage)
     # allow_abbrev=False: `--learning_rat` is an error, as an unknown YAML key is, not a silent `--learning_rate`.
-    return TrlParser(dataclass_types, allow_abbrev=False).parse_args_and_config(argv)
+    return RecipeParser(dataclass_types, allow_abbrev=False).parse_args_and_config(argv)
+
+
+class RecipeParser(TrlParser):
+    """TrlParser whose errors are one line: the 150-option usage is what `--help` is for."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists every option)\n")
+
+    def parse_args_and_config(self, args=None, **kwargs):
+        try:
+            return super().parse_args_and_config(args, **kwargs)
+        except ValueError as err:  # HfArgumentParser's way of saying "unknown option"
+            if "not used by the HfArgumentParser" not in str(err):
+                raise
+            listed = str(err).split("[", 1)[1].strip("]").replace("'", "").split(", ")
+            unknown = [a for a in listed if a.startswith("-")]
+            self.error(f"unknown option {' '.join(unknown)}: check its spelling")
 
 
 def take_push_request(args) -> dict | None:
@@ -60,9 +77,10 @@ def take_push_request(args) -> dict | None:
     if not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user/name.")
     check_token(args.hub_token)
-    args.push_to_hub = False
-    return {"repo_id": args.hub_model_id, "private": bool(args.hub_private_repo), "revision": args.hub_revision,
-            "token": args.hub_token}
+    request = {"repo_id": args.hub_model_id, "private": bool(args.hub_private_repo), "revision": args.hub_revision,
+               "token": args.hub_token}
+    args.push_to_hub, args.hub_token = False, None  # the token must not reach training_args.bin or run.json
+    return request
 
 
 def push_if_requested(request: dict | None, folder: str) -> None:
@@ -95,11 +113,15 @@ def load_stage(args, model_class, what: str, **kwargs) -> tuple:
     """The tokenizer and model a stage starts from (`args.model_name_or_path`): one check, one way to load."""
     from transformers import AutoTokenizer
 
+    from .loading import check_vocab, load_pretrained
+
     if not args.model_name_or_path:
         raise ValueError(f"model_name_or_path is required: {what}.")
-    remote = dict(trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, **remote)
-    return tokenizer, model_class.from_pretrained(args.model_name_or_path, **remote, **kwargs)
+    path, remote = args.model_name_or_path, dict(trust_remote_code=args.trust_remote_code)
+    tokenizer = load_pretrained(AutoTokenizer, path, "the tokenizer", **remote)
+    model = load_pretrained(model_class, path, "the model", **remote, **kwargs)
+    check_vocab(tokenizer, model, path)
+    return tokenizer, model
 
 
 RUN_RECORD = "run.json"  # what a run trained on and with which shape, written when it starts

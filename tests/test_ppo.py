@@ -332,9 +332,9 @@ def test_prompt_longer_than_context_is_an_error_or_a_counted_drop(tokenizer, tmp
     from hf_gpt.ppo import check_prompt_lengths
 
     rows = Dataset.from_list([{"prompt": "short"}, {"prompt": "long " * 200}])
-    with pytest.raises(ValueError, match="Prompt row 1 has .* tokens; with response_length=8"):
-        check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path), context=96)
-    kept = check_prompt_lengths(rows, tokenizer, ppo_args(tmp_path, drop_long_prompts=True), context=96)
+    with pytest.raises(ValueError, match="Prompt row 1 has .* tokens; with 8 new tokens that exceeds"):
+        check_prompt_lengths(rows, tokenizer, context=96, room=8)
+    kept = check_prompt_lengths(rows, tokenizer, context=96, room=8, drop=True)
     assert kept["prompt"] == ["short"]
 
 
