@@ -102,3 +102,13 @@ def serve():
     for server in servers:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole pipeline on the world at CI scale (`--scale tiny`, about 4 minutes), once per session:
+    (its folder, its metrics)."""
+    from hf_gpt.demo import SCALES, Pipeline
+
+    out = tmp_path_factory.mktemp("demo")
+    return out, Pipeline(out, "world", SCALES["tiny"], fresh=False).run()
