@@ -21,8 +21,13 @@ from huggingface_hub.utils import validate_repo_id
 TEMPLATES = "hf_gpt.model_cards"  # the top-level model_cards/, shipped in the wheel as package data
 SUMMARY = "training_summary.json"
 STAGES = ("base", "sft", "reward", "ppo")
-UPLOADED = ("*.safetensors", "*.json", "*.py", "*.jinja", "*.txt", "*.png", "samples.md")
-NEVER = ("checkpoint-", "runs/", ".bin", ".pt", ".pth", ".pkl", "optimizer", "rng_state")
+# The files a saved hf_gpt folder is made of; nothing else is uploaded (no pickles, checkpoints, logs or stray files).
+KNOWN_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+               "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "modeling_hf_gpt.py", "configuration_hf_gpt.py",
+               "training_summary.json", "reward_metrics.json", "samples.md", "curves.png", "ppo_curves.png")
+SHARDS = "model-*-of-*.safetensors"
+SUBFOLDERS = ("value_model", "merged")  # PPO's value model, SFT's LoRA-merged model: saved folders themselves
 METRICS = {  # stage → (summary key, metric type, metric name)
     "base": ("val_bpb", "bpb", "validation bits per byte"),
     "sft": ("eval_loss", "loss", "held-out loss on response tokens"),
@@ -110,14 +115,40 @@ def _is_hub_id(name: str) -> bool:
 
 
 def files_to_upload(folder: Path) -> list[Path]:
+    """The known files of a saved folder (and of its value_model/ or merged/ subfolder): regular files only, never a
+    symbolic link (it could point anywhere), and every .safetensors file checked to be one."""
     files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if not path.is_file() or any(part in relative for part in NEVER):
+    for sub in (folder, *(folder / name for name in SUBFOLDERS)):
+        if sub.is_symlink() or not sub.is_dir():
             continue
-        if any(path.match(pattern) for pattern in UPLOADED):
-            files.append(path)
+        for path in sorted(sub.iterdir()):
+            if path.is_symlink() or not path.is_file():
+                continue
+            if path.name in KNOWN_FILES or path.match(SHARDS):
+                if path.suffix == ".safetensors":
+                    check_safetensors(path)
+                files.append(path)
     return files
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file starts with an 8-byte little-endian header length and that many bytes of JSON; anything
+    else (a pickle renamed .safetensors, a truncated file) is refused before upload."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        ok = 0 < size <= min(path.stat().st_size - 8, 100_000_000)
+        if ok:
+            try:
+                header = json.loads(f.read(size))
+                ok = isinstance(header, dict)
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                ok = ok and 8 + size + end <= path.stat().st_size
+            except (ValueError, KeyError, TypeError, IndexError):
+                ok = False
+    if not ok:
+        raise ValueError(f"{path} is not a valid safetensors file (a renamed pickle, or truncated): nothing was "
+                         "uploaded.")
 
 
 def check_token(token: str | None = None) -> str:

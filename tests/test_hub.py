@@ -177,3 +177,25 @@ def test_recipe_push_to_hub(tmp_path, tokenizer):
         assert "validation bits per byte" in files["README.md"].decode()
     finally:
         server.shutdown()
+    # The token reaches neither the saved arguments nor the run record.
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_push_uploads_only_the_model_files(trained, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private key")
+    (trained / "notes.txt").write_text("my notes")
+    (trained / "link.json").symlink_to(secret)
+    (trained / "value_model").mkdir()
+    (trained / "value_model" / "evil.py").write_text("import os")
+    (trained / "value_model" / "config.json").symlink_to(secret)
+    names = {p.relative_to(trained).as_posix() for p in files_to_upload(trained)}
+    assert "notes.txt" not in names and "link.json" not in names and not any("value_model" in n for n in names)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_hf_gpt.py"} <= names
+    import pickle
+
+    (trained / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))  # a pickle renamed
+    with pytest.raises(ValueError, match="model.safetensors is not a valid safetensors file"):
+        files_to_upload(trained)
