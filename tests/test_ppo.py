@@ -419,12 +419,8 @@ def test_fields_ppo_does_not_use_are_refused_when_parsed(tmp_path, field, value)
 
 
 def test_recipe_refuses_an_unused_field_in_one_line(tmp_path):
-    import subprocess
-    import sys
+    from hf_gpt.recipe_utils import run_recipe
 
-    recipe = Path(__file__).parents[1] / "recipes" / "ppo.py"
-    result = subprocess.run([sys.executable, str(recipe), "--output_dir", str(tmp_path), "--eval_steps", "5"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == ("error: PPO does not use eval_steps (set to 5.0): remove it "
-                                                       "from the config or flags.")
+    with pytest.raises(SystemExit) as stop:  # recipes/ppo.py is `run_recipe("ppo")`
+        run_recipe("ppo", ["--output_dir", str(tmp_path), "--eval_steps", "5"])
+    assert stop.value.code == "error: PPO does not use eval_steps (set to 5.0): remove it from the config or flags."

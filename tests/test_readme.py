@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_gpt.demo import Pipeline, Scale
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 pytestmark = pytest.mark.slow
@@ -54,8 +56,8 @@ def test_the_readmes_have_commands():
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, demo_run) -> Path:
-    """repo/ (recipes → the real ones, runs/world → the session's demo run) beside shared/ (→ the real ../shared)."""
+def sandbox(tmp_path_factory) -> Path:
+    """repo/ (recipes → the real ones, runs/world from a micro demo run) beside shared/ (→ the real ../shared)."""
     top = tmp_path_factory.mktemp("readme")
     repo = top / "repo"
     repo.mkdir()
@@ -63,8 +65,9 @@ def sandbox(tmp_path_factory, demo_run) -> Path:
     if SHARED.is_dir():
         (top / "shared").symlink_to(SHARED)
     (repo / "corpus.txt").write_text("The capital of Korea is Seoul. 대한민국의 수도는 서울입니다.\n" * 200)
-    (repo / "runs").mkdir()
-    (repo / "runs" / "world").symlink_to(demo_run[0])
+    scale = Scale(documents=300, pretrain_steps=5, sft_rows=64, sft_steps=2, preference_rows=64, reward_steps=2,
+                  ppo_steps=2, eval_rows=4, width=32, layers=1)
+    Pipeline(repo / "runs" / "world", "world", scale, fresh=False).run()
     return repo
 
 
