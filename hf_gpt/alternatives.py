@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .data import load_rows
+from .hub import write_summary
 from .loading import load_score_model
 from .ppo import to_messages
-from .recipe_utils import RecipeFields, load_stage
+from .recipe_utils import RecipeFields, load_stage, prepare_output_dir, run_record
 from .reward import prepare_preferences
 
 
@@ -78,7 +79,8 @@ def _rewards(args) -> list:
     return rewards
 
 
-def _online(trainer_cls, args):
+def _online(trainer_cls, args, method: str):
+    prepare_output_dir(args, method.upper(), run_record(args, "reward_model_path"), None)
     set_seed(args.seed)
     tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rewards = _rewards(args)
@@ -87,19 +89,30 @@ def _online(trainer_cls, args):
     trainer = trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
     trainer.train()
-    trainer.save_model(args.output_dir)
+    save_aligned(trainer, args, method)
     return trainer
 
 
+def save_aligned(trainer, args, method: str) -> None:
+    """The model, and the summary that marks the folder finished (a rerun then refuses to overwrite it)."""
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        last = next((h for h in reversed(trainer.state.log_history) if "loss" in h or "reward" in h), {})
+        write_summary(args.output_dir, method, {k: last.get(k) for k in ("reward", "loss") if k in last},
+                      data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
+                      steps=trainer.state.global_step)
+
+
 def grpo(args: GRPORecipeConfig) -> GRPOTrainer:
-    return _online(GRPOTrainer, args)
+    return _online(GRPOTrainer, args, "grpo")
 
 
 def rloo(args: RLOORecipeConfig) -> RLOOTrainer:
-    return _online(RLOOTrainer, args)
+    return _online(RLOOTrainer, args, "rloo")
 
 
 def dpo(args: DPORecipeConfig) -> DPOTrainer:
+    prepare_output_dir(args, "DPO", run_record(args), None)
     set_seed(args.seed)
     tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     rows = load_rows(args)
@@ -109,5 +122,5 @@ def dpo(args: DPORecipeConfig) -> DPOTrainer:
     pairs, _ = prepare_preferences(rows, tokenizer, args.max_length, args.system_prompt)
     trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
-    trainer.save_model(args.output_dir)
+    save_aligned(trainer, args, "dpo")
     return trainer

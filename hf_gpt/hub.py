@@ -33,7 +33,11 @@ METRICS = {  # stage → (summary key, metric type, metric name)
     "sft": ("eval_loss", "loss", "held-out loss on response tokens"),
     "reward": ("pairwise_accuracy", "accuracy", "held-out pairwise accuracy"),
     "ppo": ("score_last", "reward", "mean reward-model score (last steps)"),
+    "grpo": ("reward", "reward", "mean reward (last logged step)"),
+    "rloo": ("reward", "reward", "mean reward (last logged step)"),
+    "dpo": ("loss", "loss", "DPO loss (last logged step)"),
 }
+ALIGNED = {"grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}  # TRL's methods: one card template for the three
 
 
 def write_summary(folder: str | Path, stage: str, metrics: dict, data: list[str] | str | None = None,
@@ -78,7 +82,8 @@ def render_card(folder: str | Path, repo_id: str) -> str:
                              keep_trailing_newline=True)
     weights = folder / "model.safetensors"
     num_parameters = _count_parameters(weights) if weights.exists() else 0
-    text = env.get_template(f"{stage}.md.j2").render(
+    template = "aligned.md.j2" if stage in ALIGNED else f"{stage}.md.j2"
+    text = env.get_template(template).render(method=ALIGNED.get(stage),
         card_data=card_data.to_yaml(), repo_id=repo_id, config=_Namespace(config), num_parameters=num_parameters,
         training=_training_text(summary))
     ModelCard(text)  # parses the YAML header: raises if it is not valid metadata

@@ -70,3 +70,16 @@ def test_reward_function_import_errors():
     assert import_reward_function("test_alternatives:length_reward") is length_reward
     with pytest.raises(ValueError, match="Cannot import reward function 'nope.mod:f'"):
         import_reward_function("nope.mod:f")
+
+
+def test_a_finished_dpo_folder_is_not_overwritten_and_has_a_card(folders):
+    from hf_gpt.hub import render_card
+
+    out = folders / "dpo-rerun"
+    dpo(DPORecipeConfig(**common(folders, "dpo-rerun"), beta=0.1))
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="holds a finished DPO model"):
+        dpo(DPORecipeConfig(**common(folders, "dpo-rerun"), beta=0.1))
+    assert (out / "model.safetensors").read_bytes() == before
+    card = render_card(out, "tester/dpo")
+    assert "aligned with TRL's DPO" in card and "dpo" in card
