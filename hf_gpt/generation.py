@@ -35,8 +35,8 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
 
 
 def load(model_name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
-    """Tokenizer and model in eval mode. Code from the folder or repo runs only with `trust_remote_code=True`, as in
-    transformers; hf_gpt models never need it where hf_gpt is installed."""
+    """Tokenizer and model in eval mode. Code from the folder or repo runs only when `trust_remote_code` is set, as
+    in transformers; hf_gpt models never need it where hf_gpt is installed."""
     from .loading import check_vocab, load_pretrained
 
     remote = dict(revision=revision, trust_remote_code=trust_remote_code)

@@ -194,8 +194,7 @@ def test_push_uploads_only_the_model_files(trained, tmp_path):
     names = {p.relative_to(trained).as_posix() for p in files_to_upload(trained)}
     assert "notes.txt" not in names and "link.json" not in names and not any("value_model" in n for n in names)
     assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_hf_gpt.py"} <= names
-    import pickle
-
-    (trained / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))  # a pickle renamed
+    # The opening bytes of a pickle (protocol 4) renamed .safetensors: no safetensors header.
+    (trained / "model.safetensors").write_bytes(b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00}\x94.")
     with pytest.raises(ValueError, match="model.safetensors is not a valid safetensors file"):
         files_to_upload(trained)
