@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import world
 from .data import write_jsonl
-from .ppo import PPOConfig, ppo
-from .pretrain import PretrainConfig, pretrain
+from .ppo import PPOConfig, ppo, score_change
+from .pretrain import PretrainConfig, pretrain, pretrain_metrics
 from .report import write_report
 from .reward import RewardRecipeConfig, train_reward_model
 from .sft import SFTRecipeConfig, sft
@@ -30,11 +30,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @dataclass
 class Scale:
+    """How much each stage trains. The world's are step counts; real data set epochs (steps follow the data size)."""
+
     documents: int = 3000
     pretrain_steps: int = 2000
-    sft_rows: int = 2000
+    sft_rows: int | None = 2000
     sft_steps: int = 600
-    preference_rows: int = 4000
+    preference_rows: int | None = 4000
     reward_steps: int = 900
     reward_learning_rate: float = 3e-4
     ppo_steps: int = 40
@@ -42,15 +44,47 @@ class Scale:
     eval_rows: int | None = None  # held-out questions (None: all 48) and as many seen ones
     width: int = 128
     layers: int = 4
+    vocab_size: int = 1024
+    block_size: int = 64
+    context: int = 128  # max_position_embeddings: room for SFT, preference pairs and PPO replies
+    pretrain_epochs: float | None = None  # set: train this many epochs (steps from the data size), not *_steps
+    sft_epochs: float | None = None  # set: also keep the checkpoint with the best held-out loss
+    reward_epochs: float | None = None
+    sft_baseline: bool = False  # also fine-tune an untrained copy of the base model: does pretraining help?
+    ppo_needs_reward_model: bool = True  # skip PPO when the reward model does not beat chance
 
 
-SCALES = {"demo": Scale(), "tiny": Scale(documents=3000, pretrain_steps=600, sft_rows=2000, sft_steps=400,
-                                         preference_rows=2000, reward_steps=400, ppo_steps=30)}
-PRESETS = {  # real data: (pretraining files, SFT files, preference files)
-    "english": (["tinyshakespeare/input.txt"], ["sft_dolly_2k/dolly_2k.jsonl"],
-                ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"]),
-    "korean": (["ko_klue_sentences/klue_dev_sentences.jsonl"], ["sft_ko_chatbot/chatbot_qa.jsonl"],
-               ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"]),
+SCALES = {"demo": Scale(sft_baseline=True),
+          "tiny": Scale(documents=3000, pretrain_steps=600, sft_rows=2000, sft_steps=400, preference_rows=2000,
+                        reward_steps=400, ppo_steps=30)}
+
+
+@dataclass
+class Preset:
+    """Real data in ../shared/data: files per stage, and how much to train on them."""
+
+    pretrain: list[str]
+    sft: list[str]
+    preferences: list[str] | None
+    scale: Scale
+    no_preferences: str = ""  # why there is no reward model / PPO
+    questions: tuple[str, ...] = ()  # asked to the final model in the report
+
+
+PRESETS = {
+    "english": Preset(["tinystories/tinystories_valid_head_paragraphs.jsonl"], ["sft_dolly_2k/dolly_2k.jsonl"],
+                      ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"],
+                      Scale(pretrain_epochs=10, sft_epochs=3, reward_epochs=2, sft_rows=None, preference_rows=None,
+                            vocab_size=2048, block_size=256, context=256, sft_baseline=True),
+                      questions=("Tell me a story about a cat.", "What is the capital of France?",
+                                 "Give me three tips for sleeping well.")),
+    "korean": Preset(["ko_klue_sentences/klue_dev_sentences.jsonl"], ["sft_ko_chatbot/chatbot_qa.jsonl"], None,
+                     Scale(pretrain_epochs=4, sft_epochs=2, reward_epochs=2, sft_rows=None, preference_rows=None,
+                           vocab_size=2048, sft_baseline=True),
+                     no_preferences="../shared/data has no Korean preference pairs: ranking Korean replies with "
+                     "English pairs (pref_hh_rlhf) would measure nothing, so the reward model and PPO are skipped. "
+                     "Give three sources (DATA=PRETRAIN,SFT,PREFERENCES) with Korean pairs to run them.",
+                     questions=("안녕하세요!", "오늘 너무 피곤해.", "주말에 뭐 하면 좋을까?")),
 }
 
 
@@ -92,11 +126,17 @@ def preset_data(name: str) -> dict[str, dict]:
     if name not in PRESETS:
         raise ValueError(f"Unknown DATA preset {name!r}: use world (default), {', '.join(PRESETS)}, or three "
                          "sources PRETRAIN,SFT,PREFERENCES (local files or Hub dataset names).")
-    paths = [[str(SHARED / p) for p in group] for group in PRESETS[name]]
-    for path in (p for group in paths for p in group):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo.")
-    return {stage: {"data_files": group} for stage, group in zip(STAGES_DATA, paths)}
+    preset = PRESETS[name]
+    data = {}
+    for stage, group in zip(STAGES_DATA, (preset.pretrain, preset.sft, preset.preferences)):
+        if group is None:
+            continue
+        paths = [str(SHARED / p) for p in group]
+        for path in paths:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo.")
+        data[stage] = {"data_files": paths}
+    return data
 
 
 def is_right(answer: str, right: str, eos: str) -> bool:
@@ -183,51 +223,87 @@ def common_args(seed: int) -> dict:
     return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed)
 
 
+def length(steps: int, epochs: float | None, evaluations: int) -> dict:
+    """Train `steps`, or `epochs` (the steps follow from the data size), evaluating `evaluations` times."""
+    if epochs is None:
+        return dict(max_steps=steps, eval_steps=max(steps // evaluations, 1))
+    return dict(max_steps=-1, num_train_epochs=epochs, eval_steps=1 / evaluations)
+
+
 def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dict:
-    """Stage 1: a byte-level BPE and a small GPT trained on the pretraining text; validation bits per byte."""
+    """Stage 1: a byte-level BPE and a small GPT trained on the pretraining text; validation bits per byte next to
+    a unigram and a bigram table of the same tokens."""
     trainer = pretrain(PretrainConfig(
-        output_dir=str(folder), **data, vocab_size=1024, block_size=64, max_position_embeddings=128,
-        n_layer=scale.layers, n_head=4, n_embd=scale.width, per_device_train_batch_size=16,
-        max_steps=scale.pretrain_steps, learning_rate=2e-3, eval_steps=max(scale.pretrain_steps // 5, 1),
+        output_dir=str(folder), **data, vocab_size=scale.vocab_size, block_size=scale.block_size,
+        max_position_embeddings=max(scale.context, scale.block_size), n_layer=scale.layers, n_head=4,
+        n_embd=scale.width,
+        per_device_train_batch_size=16, learning_rate=2e-3, **length(scale.pretrain_steps, scale.pretrain_epochs, 5),
         logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common_args(seed)))
-    evals = [h for h in trainer.state.log_history if "eval_bpb" in h]
-    return {"steps": trainer.state.global_step, "val_bpb_first": evals[0]["eval_bpb"],
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_bpb" in h]
+    return {**pretrain_metrics(history), "steps": trainer.state.global_step, "val_bpb_first": evals[0]["eval_bpb"],
             "val_bpb_last": evals[-1]["eval_bpb"], "val_loss_last": evals[-1]["eval_loss"],
             "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals]}
 
 
 def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0, evals: list[dict] = (),
-              system_prompt: str | None = None) -> dict:
-    """Stage 2: SFT from the base model (loss on response tokens only); accuracy before and after when checkable."""
-    before = chat_accuracy(base, evals) if evals else None
+              system_prompt: str | None = None, accuracy_before: bool = True) -> dict:
+    """Stage 2: SFT from the base model (loss on response tokens only); accuracy before and after when checkable.
+    With epochs, the checkpoint with the lowest held-out loss is the one kept."""
+    before = chat_accuracy(base, evals) if evals and accuracy_before else None
+    best = dict(save_strategy="steps", save_steps=1 / 8, save_total_limit=1, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss") if scale.sft_epochs else {}
     trainer = sft(SFTRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(base), **data, system_prompt=system_prompt,
-        max_steps=scale.sft_steps, per_device_train_batch_size=16, learning_rate=1e-3,
-        eval_steps=max(scale.sft_steps // 4, 1), logging_steps=10, max_rows=scale.sft_rows, eval_on_start=True,
-        lr_scheduler_type="cosine", **common_args(seed)))
-    losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-    metrics = {"steps": trainer.state.global_step, "eval_loss_curve": losses}
+        per_device_train_batch_size=16, learning_rate=1e-3, **length(scale.sft_steps, scale.sft_epochs, 8),
+        logging_steps=10, max_rows=scale.sft_rows, eval_on_start=True, lr_scheduler_type="cosine",
+        **{**common_args(seed), **best}))
+    history = trainer.state.log_history
+    losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    summary = json.loads((folder / "training_summary.json").read_text())
+    metrics = {"steps": trainer.state.global_step, "epochs": round(trainer.state.epoch, 2),
+               "eval_loss": summary["metrics"]["eval_loss"], "eval_loss_curve": losses}
     if evals:
-        metrics["accuracy"] = {"base": before, "sft": chat_accuracy(folder, evals)}
-        metrics["fact_recall_base"] = fact_recall(base, evals)
+        metrics["accuracy"] = {"sft": chat_accuracy(folder, evals)}
+        if before is not None:
+            metrics["accuracy"] = {"base": before, **metrics["accuracy"]}
+            metrics["fact_recall_base"] = fact_recall(base, evals)
+    return metrics
+
+
+def sft_scratch_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0,
+                      evals: list[dict] = ()) -> dict:
+    """The SFT baseline: the same fine-tuning from random weights of the base model's shape (no pretraining)."""
+    untrained = folder.parent / "untrained"
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base)).save_pretrained(untrained)
+    AutoTokenizer.from_pretrained(base).save_pretrained(untrained)
+    metrics = sft_stage(folder, untrained, data, scale, seed, evals, accuracy_before=False)
+    shutil.rmtree(untrained)
+    if "accuracy" in metrics:
+        metrics["accuracy"] = {"sft without pretraining": metrics["accuracy"]["sft"]}
     return metrics
 
 
 def reward_stage(folder: Path, sft_folder: Path, data: dict, scale: Scale, seed: int = 0,
                  system_prompt: str | None = None) -> dict:
-    """Stage 3a: a reward model from the SFT model, trained on ranked pairs; held-out pairwise accuracy."""
+    """Stage 3a: a reward model from the SFT model, trained on ranked pairs; held-out pairwise accuracy vs chance."""
     train_reward_model(RewardRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(sft_folder), **data, max_rows=scale.preference_rows,
-        max_steps=scale.reward_steps, system_prompt=system_prompt, per_device_train_batch_size=16,
-        learning_rate=scale.reward_learning_rate, eval_steps=max(scale.reward_steps // 3, 1), logging_steps=10,
-        lr_scheduler_type="cosine", **common_args(seed)))
+        system_prompt=system_prompt, per_device_train_batch_size=16, learning_rate=scale.reward_learning_rate,
+        **length(scale.reward_steps, scale.reward_epochs, 3), logging_steps=10, lr_scheduler_type="cosine",
+        **common_args(seed)))
     metrics = json.loads((folder / "reward_metrics.json").read_text())
-    return {"steps": scale.reward_steps, "pairwise_accuracy": metrics["pairwise_accuracy"]}
+    summary = json.loads((folder / "training_summary.json").read_text())
+    return {"steps": summary["steps"], "epochs": round(metrics["epochs"], 2),
+            **{k: metrics[k] for k in ("pairwise_accuracy", "eval_pairs", "standard_error", "chance_bound",
+                                       "beats_baseline")}}
 
 
 def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict, scale: Scale, seed: int = 0,
               evals: list[dict] = (), system_prompt: str | None = None, drop_long_prompts: bool = False) -> dict:
-    """Stage 3b: PPO from the SFT model, reward = the RM's score alone (no checker), KL penalty to the SFT model."""
+    """Stage 3b: PPO from the SFT model, reward = the RM's score alone (no checker), KL penalty to the SFT model;
+    the score change is a gain only when it beats its step-to-step noise."""
     trainer = ppo(PPOConfig(
         output_dir=str(folder), model_name_or_path=str(sft_folder), reward_model_path=str(reward_folder),
         **prompts, system_prompt=system_prompt, max_rows=400, drop_long_prompts=drop_long_prompts,
@@ -235,11 +311,7 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
         num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, save_strategy="no", sample_every=5,
         report_to="none", seed=seed))
     history = trainer.log_history
-    k = max(len(history) // 4, 1)
-    mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)
-    metrics = {"steps": len(history), "score_first": mean(history[:k], "objective/scores"),
-               "score_last": mean(history[-k:], "objective/scores"),
-               "kl_max": max(h["objective/kl"] for h in history),
+    metrics = {"steps": len(history), **score_change(history),
                "score_curve": [(h["step"], h["objective/scores"]) for h in history],
                "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
     if evals:
@@ -269,6 +341,10 @@ class Pipeline:
         self.metrics[name] = metrics
         return metrics
 
+    def skip(self, name: str, reason: str) -> None:
+        print(f"\n[{name}] skipped: {reason}")
+        self.metrics[name] = {"skipped": reason}
+
     def run(self) -> dict[str, dict]:
         s, out, seed, world_mode = self.scale, self.out, self.seed, self.data_name == "world"
         data = world_data(out / "data", s) if world_mode else preset_data(self.data_name)
@@ -276,19 +352,34 @@ class Pipeline:
         # World rows carry their own system prompts (varied or none); real data get none added.
         self.stage("base", lambda f: pretrain_stage(f, data["pretrain"], s, seed))
         self.stage("sft", lambda f: sft_stage(f, out / "base", data["sft"], s, seed, evals))
-        self.stage("reward", lambda f: reward_stage(f, out / "sft", data["preferences"], s, seed))
-        # PPO reads its own prompts (world) or the prompts of the preference data (real data).
-        self.stage("ppo", lambda f: ppo_stage(f, out / "sft", out / "reward", data.get("ppo", data["preferences"]),
-                                              s, seed, evals, drop_long_prompts=not world_mode))
-        write_report(out, self.data_name, self.metrics)
+        if s.sft_baseline:
+            self.stage("sft_scratch", lambda f: sft_scratch_stage(f, out / "base", data["sft"], s, seed, evals))
+        if "preferences" not in data:
+            reason = PRESETS[self.data_name].no_preferences
+            self.skip("reward", reason)
+            self.skip("ppo", reason)
+        elif not self.stage("reward", lambda f: reward_stage(f, out / "sft", data["preferences"], s, seed)
+                            )["beats_baseline"] and s.ppo_needs_reward_model:
+            self.skip("ppo", "the reward model does not beat chance, so PPO would maximise noise")
+        else:  # PPO reads its own prompts (world) or the prompts of the preference data (real data).
+            self.stage("ppo", lambda f: ppo_stage(f, out / "sft", out / "reward", data.get("ppo", data["preferences"]),
+                                                  s, seed, evals, drop_long_prompts=not world_mode))
+        questions = PRESETS[self.data_name].questions if self.data_name in PRESETS else ()
+        write_report(out, self.data_name, self.metrics, *(questions and [questions]))
         return self.metrics
+
+
+def scale_of(data: str, scale: str) -> Scale:
+    """A preset's own epochs, else the named scale (the world's, or any three sources)."""
+    return PRESETS[data].scale if data in PRESETS else SCALES[scale]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="world", help="world (default, offline), english, korean, or three sources "
                         "PRETRAIN,SFT,PREFERENCES, each a local file or a Hub dataset name")
-    parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
+    parser.add_argument("--scale", default="demo", choices=sorted(SCALES),
+                        help="the world's step counts; a preset (english, korean) trains its own epochs")
     parser.add_argument("--output-dir", type=Path, default=None, help="default runs/<data>")
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay the same)")
@@ -296,12 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.output_dir or Path("runs") / ("custom" if "," in args.data else args.data)
     start = time.perf_counter()
     try:
-        metrics = Pipeline(out, args.data, SCALES[args.scale], args.fresh, args.seed).run()
+        metrics = Pipeline(out, args.data, scale_of(args.data, args.scale), args.fresh, args.seed).run()
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"\n=== hf-gpt demo ({args.data}) done in {time.perf_counter() - start:.0f} s: {out / 'report.md'} ===")
     for name, values in metrics.items():
-        print(name, {k: v for k, v in values.items() if not k.endswith("curve")})
+        print(name, {k: v for k, v in values.items() if not k.endswith("curve") and k != "accuracy"})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from transformers import (
     get_scheduler,
 )
 
+from .baselines import change_against_noise
 from .data import load_rows, with_system_prompt
 from .hub import write_summary
 from .loading import check_vocab, load_score_model
@@ -469,11 +470,21 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(out / "value_model")
         (out / "ppo_log.json").write_text(json.dumps(self.log_history, indent=1))
         plot_ppo_curves(self.log_history, out / "ppo_curves.png")
-        tail = self.log_history[-max(len(self.log_history) // 4, 1):]
-        metrics = {k: sum(h[k] for h in tail) / len(tail) for k in ("objective/scores", "objective/kl")}
-        write_summary(out, "ppo", {"score_last": metrics["objective/scores"], "kl_last": metrics["objective/kl"]},
+        write_summary(out, "ppo", score_change(self.log_history),
                       data=self.args.data_files or self.args.dataset_name, base_model=self.args.model_name_or_path,
                       steps=self.step)
+
+
+def score_change(history: list[dict]) -> dict:
+    """Mean RM score and KL over the first and the last quarter of the steps, and whether the score rose by more
+    than its step-to-step noise (95 % interval): PPO claims a gain only then."""
+    k = max(len(history) // 4, 1)
+    first, last = history[:k], history[-k:]
+    mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)
+    change = change_against_noise([h["objective/scores"] for h in first], [h["objective/scores"] for h in last])
+    return {"score_first": mean(first, "objective/scores"), "score_last": mean(last, "objective/scores"),
+            "score_change_interval": change["interval"], "beats_baseline": change["beats_baseline"],
+            "kl_last": mean(last, "objective/kl"), "kl_max": max(h["objective/kl"] for h in history)}
 
 
 def plot_ppo_curves(history: list[dict], path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -27,6 +28,7 @@ from transformers import (
     set_seed,
 )
 
+from .baselines import ngram_bits_per_byte
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
 from .hub import write_summary
@@ -178,6 +180,21 @@ def bits_per_byte(nll: np.ndarray, targets: np.ndarray, byte_lengths: np.ndarray
     return float((nll * (nbytes > 0)).sum() / (math.log(2) * nbytes.sum()))
 
 
+BASELINE_TOKENS = 4_000_000  # n-gram counts over at most this many training tokens (and a quarter for validation)
+
+
+def ngram_baselines(train, validation, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    """Validation bpb of unigram and bigram tables counted on the training blocks (none for a streamed corpus)."""
+    if not isinstance(train, Dataset) or not isinstance(validation, Dataset):
+        return {}
+    def blocks(ds: Dataset, tokens: int) -> np.ndarray:
+        rows = min(len(ds), max(1, tokens // len(ds[0]["input_ids"])))
+        return np.asarray(ds.select(range(rows)).with_format("numpy")["input_ids"])
+    found = ngram_bits_per_byte(blocks(train, BASELINE_TOKENS), blocks(validation, BASELINE_TOKENS // 4),
+                                token_byte_lengths(tokenizer))
+    return {f"baseline_{order}_bpb": value for order, value in found.items()}
+
+
 def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
     byte_lengths = token_byte_lengths(tokenizer)
 
@@ -246,6 +263,18 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
                        ("Validation bits per byte", "step", {"val bpb": points("eval_bpb")})])
 
 
+def pretrain_metrics(log_history: list[dict]) -> dict:
+    """The last validation figures, the n-gram baselines, and whether the GPT beats the bigram table."""
+    last = ([h for h in log_history if "eval_bpb" in h] or [{}])[-1]
+    baselines = ([h for h in log_history if "baseline_bigram_bpb" in h] or [{}])[-1]
+    metrics = {"val_bpb": last.get("eval_bpb"), "val_loss": last.get("eval_loss"),
+               "val_perplexity": last.get("eval_perplexity"), "epochs": last.get("epoch"),
+               **{k: v for k, v in baselines.items() if k.startswith("baseline_")}}
+    if metrics["val_bpb"] is not None and "baseline_bigram_bpb" in metrics:
+        metrics["beats_baseline"] = metrics["val_bpb"] < metrics["baseline_bigram_bpb"]
+    return metrics
+
+
 def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
@@ -271,12 +300,13 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
     trainer.train(resume_from_checkpoint=resume)
     if validation is not None:
         final_evaluation(trainer)
+        baselines = ngram_baselines(train, validation, tokenizer)
+        if baselines:
+            trainer.log(baselines)
     trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
     if trainer.is_world_process_zero():
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
-        last = ([h for h in trainer.state.log_history if "eval_bpb" in h] or [{}])[-1]
-        write_summary(args.output_dir, "base", {"val_bpb": last.get("eval_bpb"), "val_loss": last.get("eval_loss"),
-                                                "val_perplexity": last.get("eval_perplexity")},
+        write_summary(args.output_dir, "base", pretrain_metrics(trainer.state.log_history),
                       data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
                       steps=trainer.state.global_step)
     return trainer

@@ -245,10 +245,12 @@ def check_max_steps(max_steps: int) -> None:
 
 
 def final_evaluation(trainer) -> dict:
-    """Eval metrics at the end of training, reusing the last step's evaluation when there was one."""
+    """Eval metrics at the end of training, reusing the last step's evaluation when there was one (and the model is
+    still the last step's, not the best checkpoint reloaded)."""
     history = trainer.state.log_history
     last = history[-2] if len(history) > 1 else {}
-    if "eval_loss" in last and last.get("step") == trainer.state.global_step:
+    best_loaded = trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint
+    if "eval_loss" in last and last.get("step") == trainer.state.global_step and not best_loaded:
         return last
     return trainer.evaluate()
 

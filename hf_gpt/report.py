@@ -1,5 +1,6 @@
 """Pictures and tables for the pipeline report: what each lecture concept looks like in the trained model."""
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -112,7 +113,8 @@ STAGE_NAMES = ("base", "sft", "reward", "ppo")
 def accuracy_rows(metrics: dict[str, dict]) -> tuple[list[dict], list[dict]]:
     """Rows of the two accuracy tables (per stage and split; per stage, split and language), or none without a
     checker (real data)."""
-    found = {**metrics.get("sft", {}).get("accuracy", {}), **metrics.get("ppo", {}).get("accuracy", {})}
+    found = {k: v for stage in ("sft", "sft_scratch", "ppo") for k, v in metrics.get(stage, {}).get("accuracy",
+                                                                                                    {}).items()}
     overall, by_language = [], []
     for model, splits in found.items():
         for split, s in splits.items():
@@ -160,6 +162,68 @@ format the raters prefer. With 48 questions a split, a greedy figure has a stand
 """
 
 
+# ------------------------------------------------------------------ every number next to its baseline
+
+
+def verdict(beats: bool | None) -> str:
+    return "not measured" if beats is None else "yes" if beats else "**no**"
+
+
+def baseline_rows(m: dict[str, dict]) -> list[dict]:
+    """Per stage: what was measured, the baseline it has to beat (same data), and whether it does."""
+    rows = []
+    base = m["base"]
+    if "baseline_bigram_bpb" in base:
+        rows.append({"stage": "pretraining", "measure": "validation bits per byte", "value": base["val_bpb_last"],
+                     "baseline": f"bigram table {base['baseline_bigram_bpb']:.3f} (unigram "
+                                 f"{base['baseline_unigram_bpb']:.3f}), same tokens",
+                     "beats baseline": verdict(base.get("beats_baseline"))})
+    scratch = m.get("sft_scratch", {})
+    rows.append({"stage": "SFT", "measure": "held-out response loss", "value": m["sft"].get("eval_loss"),
+                 "baseline": f"same SFT without pretraining {scratch['eval_loss']:.3f}" if scratch else "—",
+                 "beats baseline": verdict(m["sft"]["eval_loss"] < scratch["eval_loss"] if scratch else None)})
+    reward = m.get("reward", {})
+    if "skipped" in reward:
+        rows.append({"stage": "reward model", "measure": "skipped", "value": "—", "baseline": reward["skipped"],
+                     "beats baseline": "—"})
+    elif reward:
+        rows.append({"stage": "reward model", "measure": f"held-out pairwise accuracy ({reward['eval_pairs']} pairs)",
+                     "value": f"{reward['pairwise_accuracy']:.3f} ± {reward['standard_error']:.3f}",
+                     "baseline": f"chance 0.5 (a coin reaches {reward['chance_bound']:.3f} at 95 %)",
+                     "beats baseline": verdict(reward["beats_baseline"])})
+    ppo = m.get("ppo", {})
+    if "skipped" in ppo and "skipped" not in reward:
+        rows.append({"stage": "PPO", "measure": "skipped", "value": "—", "baseline": ppo["skipped"],
+                     "beats baseline": "—"})
+    elif "score_change_interval" in ppo:
+        low, high = ppo["score_change_interval"]
+        rows.append({"stage": "PPO", "measure": "RM score change, first → last quarter of the steps",
+                     "value": f"{ppo['score_last'] - ppo['score_first']:+.2f} (95 % interval {low:+.2f} … {high:+.2f})",
+                     "baseline": "no change (noise of the per-step batch means)",
+                     "beats baseline": verdict(ppo["beats_baseline"])})
+    return rows
+
+
+BASELINES_NOTE = """A stage *beats* its baseline when its figure is better by more than the noise: bits per byte below a
+bigram table counted on the same training tokens; held-out loss below the same fine-tuning from random weights; pairwise
+accuracy above what a coin reaches on as many pairs; a score change whose 95 % interval lies above zero. A stage marked
+**no** learnt nothing its baseline could not, and the stages after it are read with that in mind."""
+
+
+def sft_sample_rows(out: Path) -> list[dict]:
+    """Held-out SFT prompts with the replies after pretraining + SFT and after SFT alone (same prompts, greedy)."""
+    read = lambda name: json.loads((out / name / "samples.json").read_text()) \
+        if (out / name / "samples.json").exists() else []
+    pretrained, scratch = read("sft"), read("sft_scratch")
+    rows = []
+    for i, sample in enumerate(pretrained):
+        row = {"held-out prompt": sample["prompt"][:200], "pretraining + SFT": sample["answer"][:200]}
+        if i < len(scratch):
+            row["SFT alone"] = scratch[i]["answer"][:200]
+        rows.append(row)
+    return rows
+
+
 @torch.no_grad()
 def chat_samples(model, tokenizer, questions: tuple[str, ...] = ("What is the capital of Korea?",
                                                                   "대한민국의 수도는 어디입니까?", "What is 3 plus 4?"),
@@ -183,14 +247,28 @@ def chat_samples(model, tokenizer, questions: tuple[str, ...] = ("What is the ca
     return rows
 
 
-def write_report(out: Path, data_name: str, metrics: dict[str, dict]) -> Path:
-    """runs/<name>/report.md: a table per stage, the accuracy tables (world data), plots and chat samples."""
+def stage_table(m: dict[str, dict], name: str, keys: list[str]) -> str:
+    if "skipped" in m.get(name, {"skipped": "not run"}):
+        return f"Skipped: {m.get(name, {}).get('skipped', 'not run')}"
+    return markdown_table([{k: m[name].get(k) for k in keys}])
+
+
+def write_report(out: Path, data_name: str, metrics: dict[str, dict],
+                 questions: tuple[str, ...] = ("What is the capital of Korea?", "대한민국의 수도는 어디입니까?",
+                                               "What is 3 plus 4?")) -> Path:
+    """runs/<name>/report.md: every figure beside its baseline (also in summary.json), a table per stage, the
+    accuracy tables (world data) or held-out samples (real data), plots, and replies of the final model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     m, pics = metrics, out / "plots"
     pics.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(out / "ppo")
-    model = AutoModelForCausalLM.from_pretrained(out / "ppo").eval()
+    ran = [name for name in m if "skipped" not in m[name]]
+    final = out / ("ppo" if "ppo" in ran else "sft")
+    verdicts = baseline_rows(m)
+    (out / "summary.json").write_text(json.dumps({"data": data_name, "final_model": final.name,
+                                                  "baselines": verdicts}, indent=1, ensure_ascii=False))
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
     plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,
                            model.config.sinusoidal_base)
     plot_attention(model, tokenizer, "The capital of Korea is Seoul. 3 plus 4 is 7.", pics / "attention.png")
@@ -200,38 +278,53 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict]) -> Path:
     plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
                {"val bpb": m["base"]["bpb_curve"]})
     plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
-               {"eval loss": m["sft"]["eval_loss_curve"]})
-    plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
-               {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
-    table = lambda name, keys: markdown_table([{k: m[name].get(k) for k in keys}])
+               {"after pretraining": m["sft"]["eval_loss_curve"],
+                **({"without pretraining": m["sft_scratch"]["eval_loss_curve"]} if "sft_scratch" in ran else {})})
+    ppo_plot = ""
+    if "ppo" in ran:
+        plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
+                   {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
+        ppo_plot = "![ppo](plots/ppo_reward_kl.png)"
+    samples = sft_sample_rows(out) if "accuracy" not in m["sft"] else []
     text = f"""# hf-gpt pipeline report — data: {data_name}
 
 | stage | seconds |
 |---|---:|
-""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in STAGE_NAMES) + f"""
+""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in ran) + f"""
+## Every figure beside its baseline
+
+{markdown_table(verdicts)}
+
+{BASELINES_NOTE}
+
 ## 1. Pretraining (next-token cross-entropy)
-{table("base", ["steps", "val_bpb_first", "val_bpb_last", "val_loss_last"])}
+{stage_table(m, "base", ["steps", "epochs", "val_bpb_first", "val_bpb_last", "baseline_unigram_bpb",
+                         "baseline_bigram_bpb"])}
 
 ![bpb](plots/pretrain_bpb.png) ![curves](base/curves.png)
 
 ![positional encoding](plots/position_encoding.png)
 
 ## 2. SFT (loss on response tokens only)
-{table("sft", ["steps"])}
+{stage_table(m, "sft", ["steps", "epochs", "eval_loss"])}
 
 ![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
+""" + (f"""
+Held-out prompts (never trained on), greedy replies:
 
+{markdown_table(samples)}
+""" if samples else "") + f"""
 ## 3. Reward model (ranked pairs)
-{table("reward", ["steps", "pairwise_accuracy"])}
+{stage_table(m, "reward", ["steps", "epochs", "pairwise_accuracy", "standard_error", "eval_pairs"])}
 
 ## 4. PPO (reward = RM score, KL penalty to the SFT model)
-{table("ppo", ["steps", "score_first", "score_last", "kl_max"])}
+{stage_table(m, "ppo", ["steps", "score_first", "score_last", "kl_max"])}
 
-![ppo](plots/ppo_reward_kl.png)
+{ppo_plot}
 
 {accuracy_section(m)}
-## 5. Talking to the final model (no system prompt)
-{markdown_table(chat_samples(model, tokenizer))}
+## 5. Talking to the final model ({final.name}, no system prompt)
+{markdown_table(chat_samples(model, tokenizer, questions))}
 
 ![attention](plots/attention.png)
 """

@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, set_seed
 from trl import RewardConfig, RewardTrainer
 
+from .baselines import against_chance
 from .data import convert_rows, load_rows, with_system_prompt
 from .hub import write_summary
 from .recipe_utils import RecipeFields, hold_out, load_stage, prepare_output_dir, run_record
@@ -118,7 +119,11 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
-                   "data": dict(report)}
+                   "data": dict(report), "epochs": trainer.state.epoch}
+        if evaluation is not None:  # against chance: a coin gets 0.5 ± 0.5/√n
+            chance = against_chance(metrics["eval_accuracy"], len(evaluation))
+            summary.update(eval_pairs=len(evaluation), standard_error=chance["standard_error"],
+                           chance_bound=chance["chance_bound"], beats_baseline=chance["beats_baseline"])
         (Path(args.output_dir) / "reward_metrics.json").write_text(json.dumps(summary, indent=2))
         write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
                       base_model=args.model_name_or_path, steps=trainer.state.global_step)

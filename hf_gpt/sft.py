@@ -9,6 +9,7 @@ Design choices:
   prompt fills the whole context are dropped (no response token would be left to learn from) and counted too.
 """
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -195,7 +196,8 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
     metrics = final_evaluation(trainer) if evaluation is not None else {}
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
-        write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report)},
+        write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report),
+                                               "epochs": trainer.state.epoch},
                       data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
                       steps=trainer.state.global_step)
     tokenizer = trainer.processing_class
@@ -206,8 +208,11 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
     if evaluation is not None and trainer.is_world_process_zero():
         held_out = [evaluation[i] for i in range(min(args.num_sample_answers, len(evaluation)))]
         answers = sample_answers(trainer.model, tokenizer, [_prompt_of(e) for e in held_out])
+        prompts = [_prompt_of(example)[-1]["content"] for example in held_out]
         with open(Path(args.output_dir) / "samples.md", "w", encoding="utf-8") as f:
             f.write(f"# SFT samples\n\ndata: {dict(report)}\neval: {metrics}\n\n")
-            for example, answer in zip(held_out, answers):
-                f.write(f"- prompt: {_prompt_of(example)[-1]['content']!r}\n  answer: {answer!r}\n")
+            for prompt, answer in zip(prompts, answers):
+                f.write(f"- prompt: {prompt!r}\n  answer: {answer!r}\n")
+        (Path(args.output_dir) / "samples.json").write_text(json.dumps(
+            [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)], indent=1, ensure_ascii=False))
     return trainer

@@ -98,18 +98,43 @@ def test_data_sources_map_to_files_or_hub_names(tmp_path):
 
 def test_pipeline_on_named_sources(tmp_path):
     """The real-data path (no checker, prompts from the preference data), with the SFT and preference data given as
-    dataset folders: `load_dataset(name)` reads them as it reads a Hub name."""
+    dataset folders (`load_dataset(name)` reads them as it reads a Hub name): steps follow the data size, every
+    figure stands beside its baseline, and a stage that does not beat it is flagged, not presented as a result."""
     pre = write_jsonl(tmp_path / "pre.jsonl", [{"text": t} for t in world.pretraining_documents(300)])
     write_jsonl(tmp_path / "sft" / "train.jsonl", world.sft_rows(64))
-    write_jsonl(tmp_path / "pref" / "train.jsonl", world.preference_rows(64))
-    scale = Scale(pretrain_steps=5, sft_rows=64, sft_steps=2, preference_rows=64, reward_steps=2, ppo_steps=2,
-                  width=32, layers=1)
+    write_jsonl(tmp_path / "pref" / "train.jsonl", world.preference_rows(48))
+    scale = Scale(pretrain_epochs=1, sft_epochs=2, reward_epochs=1, sft_rows=None, preference_rows=None, width=32,
+                  layers=1, sft_baseline=True)
     out = tmp_path / "run"
     m = Pipeline(out, f"{pre},{tmp_path / 'sft'},{tmp_path / 'pref'}", scale, fresh=False).run()
-    assert m["base"]["steps"] == 5 and m["sft"]["steps"] == 2 and m["ppo"]["steps"] == 2
+    # 64 SFT rows → 57 train (train_test_split holds out ceil(6.4)), 4 batches of 16 an epoch; 48 pairs → 43, 3.
+    assert (m["sft"]["steps"], m["sft"]["epochs"]) == (2 * 4, 2.0)
+    assert m["sft_scratch"]["steps"] == 2 * 4
+    assert (m["reward"]["steps"], m["reward"]["eval_pairs"]) == (3, 5)
+    assert m["base"]["epochs"] == pytest.approx(1.0)
+    assert m["base"]["baseline_unigram_bpb"] > m["base"]["baseline_bigram_bpb"] > 0
     assert "accuracy" not in m["sft"]  # no checker for real data
-    assert "held-out questions" not in (out / "report.md").read_text()
-    assert (out / "ppo" / "model.safetensors").exists()
+    # Three steps of reward modelling on five held-out pairs cannot beat a coin: flagged, and PPO is not run on it.
+    assert not m["reward"]["beats_baseline"] and "beat chance" in m["ppo"]["skipped"]
+    summary = json.loads((out / "summary.json").read_text())
+    verdicts = {row["stage"]: row["beats baseline"] for row in summary["baselines"]}
+    assert verdicts["reward model"] == "**no**" and summary["final_model"] == "sft"
+    assert verdicts["SFT"] == ("yes" if m["sft"]["eval_loss"] < m["sft_scratch"]["eval_loss"] else "**no**")
+    report = (out / "report.md").read_text()
+    assert "held-out questions" not in report and "beside its baseline" in report
+    assert "same SFT without pretraining" in report and "| held-out prompt | pretraining + SFT | SFT alone |" in report
+    assert not (out / "ppo").exists()
+
+
+def test_presets_train_epochs_and_skip_what_they_lack():
+    from hf_gpt.demo import PRESETS, scale_of
+
+    for name in PRESETS:
+        scale = scale_of(name, "demo")
+        assert scale.pretrain_epochs and scale.sft_epochs and scale.sft_baseline, name
+        assert scale.sft_rows is None and scale.preference_rows is None, name  # all the data, as many epochs
+    assert PRESETS["korean"].preferences is None and "no Korean preference" in PRESETS["korean"].no_preferences
+    assert PRESETS["english"].scale.reward_epochs == 2
 
 
 ANSWER_FORMS = {  # one sentence in the form of the question's kind and language (the values may be wrong)
