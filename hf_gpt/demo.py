@@ -54,7 +54,7 @@ class Scale:
     ppo_needs_reward_model: bool = True  # skip PPO when the reward model does not beat chance
 
 
-SCALES = {"demo": Scale(sft_baseline=True),
+SCALES = {"demo": Scale(),
           "tiny": Scale(documents=3000, pretrain_steps=600, sft_rows=2000, sft_steps=400, preference_rows=2000,
                         reward_steps=400, ppo_steps=30)}
 
@@ -74,8 +74,8 @@ class Preset:
 PRESETS = {
     "english": Preset(["tinystories/tinystories_valid_head_paragraphs.jsonl"], ["sft_dolly_2k/dolly_2k.jsonl"],
                       ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"],
-                      Scale(pretrain_epochs=10, sft_epochs=3, reward_epochs=2, sft_rows=None, preference_rows=None,
-                            vocab_size=2048, block_size=256, context=256, sft_baseline=True),
+                      Scale(pretrain_epochs=8, sft_epochs=3, reward_epochs=2, sft_rows=None, preference_rows=None,
+                            context=256, sft_baseline=True),
                       questions=("Tell me a story about a cat.", "What is the capital of France?",
                                  "Give me three tips for sleeping well.")),
     "korean": Preset(["ko_klue_sentences/klue_dev_sentences.jsonl"], ["sft_ko_chatbot/chatbot_qa.jsonl"], None,
@@ -359,7 +359,7 @@ class Pipeline:
             self.skip("reward", reason)
             self.skip("ppo", reason)
         elif not self.stage("reward", lambda f: reward_stage(f, out / "sft", data["preferences"], s, seed)
-                            )["beats_baseline"] and s.ppo_needs_reward_model:
+                            ).get("beats_baseline", True) and s.ppo_needs_reward_model:
             self.skip("ppo", "the reward model does not beat chance, so PPO would maximise noise")
         else:  # PPO reads its own prompts (world) or the prompts of the preference data (real data).
             self.stage("ppo", lambda f: ppo_stage(f, out / "sft", out / "reward", data.get("ppo", data["preferences"]),

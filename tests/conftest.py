@@ -52,6 +52,21 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
+def model_folder():
+    """`model_folder(tmp_path, tokenizer, name, **overrides)`: a seeded, untrained tiny model (width 64, 96 positions)
+    sized to `tokenizer`, saved with it in tmp_path/name: a base model to fine-tune in a test."""
+    def make(tmp_path: Path, tokenizer, name: str = "base", **overrides) -> Path:
+        folder = tmp_path / name
+        torch.manual_seed(0)
+        HfGptForCausalLM(_tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, hidden_size=64,
+                                      **special_token_ids(tokenizer), **overrides)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """`tiny_model(**overrides)`: a seeded tiny HfGptForCausalLM in eval mode."""
     return _tiny_model

@@ -53,6 +53,12 @@ def test_report_and_plots(run):
     for name in ("position_encoding", "attention", "sft_loss_mask", "pretrain_bpb", "sft_eval_loss", "ppo_reward_kl"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG, name
     assert (out / "base" / "curves.png").read_bytes()[:8] == PNG
+    # Every figure beside its baseline; the world's facts follow from more than the last token, so the GPT beats the
+    # bigram table, and the reward model beats a coin by far.
+    verdicts = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())["baselines"]}
+    assert verdicts["pretraining"]["beats baseline"] == "yes" and verdicts["reward model"]["beats baseline"] == "yes"
+    assert verdicts["PPO"]["beats baseline"] == "yes"  # the score rose by more than its noise
+    assert "Every figure beside its baseline" in report
 
 
 def test_second_run_reuses_finished_stages(run, capsys):

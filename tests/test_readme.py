@@ -66,7 +66,7 @@ def sandbox(tmp_path_factory) -> Path:
         (top / "shared").symlink_to(SHARED)
     (repo / "corpus.txt").write_text("The capital of Korea is Seoul. 대한민국의 수도는 서울입니다.\n" * 200)
     scale = Scale(documents=300, pretrain_steps=5, sft_rows=64, sft_steps=2, preference_rows=64, reward_steps=2,
-                  ppo_steps=2, eval_rows=4, width=32, layers=1)
+                  ppo_steps=2, eval_rows=4, width=32, layers=1, ppo_needs_reward_model=False)  # a 2-step RM is noise
     Pipeline(repo / "runs" / "world", "world", scale, fresh=False).run()
     return repo
 

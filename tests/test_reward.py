@@ -7,7 +7,6 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
-from hf_gpt import HfGptForCausalLM
 from hf_gpt.reward import (
     RewardRecipeConfig,
     prepare_preferences,
@@ -16,25 +15,11 @@ from hf_gpt.reward import (
     to_preference,
     train_reward_model,
 )
-from hf_gpt.tokenizer import special_token_ids
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture()
-def base_model(tiny_config):
-    def base_model(tmp_path: Path, tokenizer, **kw) -> Path:
-        folder = tmp_path / "sft"
-        torch.manual_seed(0)
-        HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), max_position_embeddings=96, hidden_size=64,
-                                     **special_token_ids(tokenizer), **kw)).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        return folder
-
-    return base_model
 
 
 def test_hh_transcript_becomes_turns():
@@ -73,10 +58,11 @@ def parity_pairs(numbers: list[int]) -> list[dict]:
     return rows
 
 
-def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_path, base_model):
+def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_path, model_folder):
     numbers = random.Random(0).sample(range(100, 1000), 400)
     data = write_jsonl(tmp_path / "pairs.jsonl", parity_pairs(numbers))
-    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"),
+                              model_name_or_path=str(model_folder(tmp_path, tokenizer, "sft")),
                               data_files=[str(data)], validation_fraction=0.25, per_device_train_batch_size=16,
                               max_steps=200, learning_rate=1e-3, eval_steps=200, save_strategy="no",
                               disable_tqdm=True, lr_scheduler_type="constant")
@@ -100,9 +86,10 @@ def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_pa
     assert good > bad
 
 
-def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path, base_model):
+def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path, model_folder):
     rows = [{"prompt": "Human question?", "chosen": " A fine answer.", "rejected": " A rude answer."}] * 4
-    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"),
+                              model_name_or_path=str(model_folder(tmp_path, tokenizer, "sft")),
                               data_files=[str(write_jsonl(tmp_path / "p.jsonl", rows))], validation_fraction=0.0,
                               max_steps=1, save_strategy="no", disable_tqdm=True)
     trainer = train_reward_model(args)
@@ -112,9 +99,10 @@ def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path, b
     assert row["rejected_ids"] == render_for_reward(tokenizer, prompt, "A rude answer.")
 
 
-def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path, shared_data, base_model):
+def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path, shared_data, model_folder):
     path = shared_data("pref_hh_rlhf_harmless_test/harmless_base_test.jsonl")
-    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(base_model(tmp_path, tokenizer)),
+    args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"),
+                              model_name_or_path=str(model_folder(tmp_path, tokenizer, "sft")),
                               data_files=[str(path)], max_rows=64, validation_fraction=0.25, max_steps=4,
                               per_device_train_batch_size=4, eval_steps=4, save_strategy="no", disable_tqdm=True)
     train_reward_model(args)

@@ -9,7 +9,6 @@ from transformers import AutoModelForCausalLM
 
 from hf_gpt import HfGptForCausalLM
 from hf_gpt.sft import SFTRecipeConfig, build_sft_trainer, prepare_sft_dataset, sample_answers, sft, to_conversation
-from hf_gpt.tokenizer import special_token_ids
 
 MULTI_TURN = {"messages": [
     {"role": "system", "content": "Be brief."},
@@ -109,27 +108,14 @@ def test_loss_is_cross_entropy_over_response_tokens(saved_model, tmp_path):
     assert all_tokens.item() != pytest.approx(loss.item(), rel=1e-3)  # and it is not the all-token loss
 
 
-@pytest.fixture()
-def learnable_model(tiny_config):
-    def learnable_model(tmp_path, tokenizer) -> Path:
-        folder = tmp_path / "base"
-        torch.manual_seed(0)
-        HfGptForCausalLM(tiny_config(vocab_size=len(tokenizer), hidden_size=64, max_position_embeddings=96,
-                                     **special_token_ids(tokenizer))).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        return folder
-
-    return learnable_model
-
-
 CAPITALS = {"Korea": "Seoul", "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Egypt": "Cairo",
             "Peru": "Lima", "Spain": "Madrid", "Kenya": "Nairobi"}
 
 
-def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path, learnable_model):
+def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path, model_folder):
     rows = [{"prompt": f"Capital of {k}?", "completion": f"The capital of {k} is {v}."} for k, v in CAPITALS.items()]
     data = write_jsonl(tmp_path / "caps.jsonl", rows * 8)
-    args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_steps=150, learning_rate=3e-3,
+    args = config(tmp_path, data, model_folder(tmp_path, tokenizer, "base"), max_steps=150, learning_rate=3e-3,
                   per_device_train_batch_size=16, lr_scheduler_type="constant", system_prompt="Answer briefly.")
     trainer = sft(args)
     model = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
@@ -165,9 +151,9 @@ def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
 
 @pytest.mark.parametrize("relative", ["sft_self_instruct_human/self_instruct_human.jsonl",
                                       "sft_ko_chatbot/chatbot_qa.jsonl"])
-def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_path, shared_data, learnable_model):
+def test_short_run_on_real_data_lowers_held_out_loss(relative, tokenizer, tmp_path, shared_data, model_folder):
     data = shared_data(relative)
-    args = config(tmp_path, data, learnable_model(tmp_path, tokenizer), max_rows=200, max_steps=30,
+    args = config(tmp_path, data, model_folder(tmp_path, tokenizer, "base"), max_rows=200, max_steps=30,
                   validation_fraction=0.2, eval_strategy="steps", eval_steps=30, eval_on_start=True,
                   learning_rate=3e-3, per_device_train_batch_size=8, num_sample_answers=2)
     trainer = sft(args)
