@@ -369,17 +369,23 @@ class Pipeline:
         return self.metrics
 
 
-def scale_of(data: str, scale: str) -> Scale:
-    """A preset's own epochs, else the named scale (the world's, or any three sources)."""
-    return PRESETS[data].scale if data in PRESETS else SCALES[scale]
+def scale_of(data: str, scale: str | None) -> Scale:
+    """A preset's own epochs, else the named scale (the world's, or any three sources; default demo)."""
+    if data in PRESETS:
+        if scale is not None:
+            raise ValueError(f"--scale {scale} does not apply to the {data} preset, which trains its own epochs "
+                             "(sized by its data): leave --scale out.")
+        return PRESETS[data].scale
+    return SCALES[scale or "demo"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="world", help="world (default, offline), english, korean, or three sources "
                         "PRETRAIN,SFT,PREFERENCES, each a local file or a Hub dataset name")
-    parser.add_argument("--scale", default="demo", choices=sorted(SCALES),
-                        help="the world's step counts; a preset (english, korean) trains its own epochs")
+    parser.add_argument("--scale", default=None, choices=sorted(SCALES),
+                        help="step counts for the world or three named sources (default demo); a preset (english, "
+                        "korean) trains its own epochs")
     parser.add_argument("--output-dir", type=Path, default=None, help="default runs/<data>")
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay the same)")

@@ -136,11 +136,13 @@ def test_presets_train_epochs_and_skip_what_they_lack():
     from hf_gpt.demo import PRESETS, scale_of
 
     for name in PRESETS:
-        scale = scale_of(name, "demo")
+        scale = scale_of(name, None)
         assert scale.pretrain_epochs and scale.sft_epochs and scale.sft_baseline, name
         assert scale.sft_rows is None and scale.preference_rows is None, name  # all the data, as many epochs
     assert PRESETS["korean"].preferences is None and "no Korean preference" in PRESETS["korean"].no_preferences
     assert PRESETS["english"].scale.reward_epochs == 2
+    with pytest.raises(SystemExit, match="does not apply to the korean preset"):
+        main(["--data", "korean", "--scale", "tiny"])
 
 
 ANSWER_FORMS = {  # one sentence in the form of the question's kind and language (the values may be wrong)
