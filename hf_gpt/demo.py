@@ -19,8 +19,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import world
 from .data import write_jsonl
-from .ppo import PPOConfig, ppo, score_change
-from .pretrain import PretrainConfig, pretrain, pretrain_metrics
+from .hub import read_summary
+from .ppo import PPOConfig, ppo
+from .pretrain import PretrainConfig, pretrain
 from .report import write_report
 from .reward import RewardRecipeConfig, train_reward_model
 from .sft import SFTRecipeConfig, sft
@@ -241,8 +242,9 @@ def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dic
         logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common_args(seed)))
     history = trainer.state.log_history
     evals = [h for h in history if "eval_bpb" in h]
-    return {**pretrain_metrics(history), "steps": trainer.state.global_step, "val_bpb_first": evals[0]["eval_bpb"],
-            "val_bpb_last": evals[-1]["eval_bpb"], "val_loss_last": evals[-1]["eval_loss"],
+    return {**read_summary(folder)["metrics"], "steps": trainer.state.global_step,
+            "val_bpb_first": evals[0]["eval_bpb"], "val_bpb_last": evals[-1]["eval_bpb"],
+            "val_loss_last": evals[-1]["eval_loss"],
             "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals]}
 
 
@@ -260,9 +262,8 @@ def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0,
         **{**common_args(seed), **best}))
     history = trainer.state.log_history
     losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    summary = json.loads((folder / "training_summary.json").read_text())
     metrics = {"steps": trainer.state.global_step, "epochs": round(trainer.state.epoch, 2),
-               "eval_loss": summary["metrics"]["eval_loss"], "eval_loss_curve": losses}
+               "eval_loss": read_summary(folder)["metrics"]["eval_loss"], "eval_loss_curve": losses}
     if evals:
         metrics["accuracy"] = {"sft": chat_accuracy(folder, evals)}
         if before is not None:
@@ -293,8 +294,8 @@ def reward_stage(folder: Path, sft_folder: Path, data: dict, scale: Scale, seed:
         system_prompt=system_prompt, per_device_train_batch_size=16, learning_rate=scale.reward_learning_rate,
         **length(scale.reward_steps, scale.reward_epochs, 3), logging_steps=10, lr_scheduler_type="cosine",
         **common_args(seed)))
-    metrics = json.loads((folder / "reward_metrics.json").read_text())
-    summary = json.loads((folder / "training_summary.json").read_text())
+    summary = read_summary(folder)
+    metrics = summary["metrics"]
     return {"steps": summary["steps"], "epochs": round(metrics["epochs"], 2),
             **{k: metrics[k] for k in ("pairwise_accuracy", "eval_pairs", "standard_error", "chance_bound",
                                        "beats_baseline")}}
@@ -311,7 +312,7 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
         num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, save_strategy="no", sample_every=5,
         report_to="none", seed=seed))
     history = trainer.log_history
-    metrics = {"steps": len(history), **score_change(history),
+    metrics = {"steps": len(history), **read_summary(folder)["metrics"],
                "score_curve": [(h["step"], h["objective/scores"]) for h in history],
                "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
     if evals:

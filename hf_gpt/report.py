@@ -102,7 +102,7 @@ def markdown_table(rows: list[dict]) -> str:
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value).replace("|", "/").replace("\n", " ")
+    return str(value).replace("|", "\\|").replace("\n", " ")  # a literal | (as in <|eos|>) must not split the cell
 
 
 # ------------------------------------------------------------------ the pipeline report (`make demo`)
@@ -249,9 +249,10 @@ def chat_samples(model, tokenizer, questions: tuple[str, ...] = ("What is the ca
 
 
 def stage_table(m: dict[str, dict], name: str, keys: list[str]) -> str:
-    if "skipped" in m.get(name, {"skipped": "not run"}):
-        return f"Skipped: {m.get(name, {}).get('skipped', 'not run')}"
-    return markdown_table([{k: m[name].get(k) for k in keys}])
+    stage = m.get(name, {"skipped": "not run"})
+    if "skipped" in stage:
+        return f"Skipped: {stage['skipped']}"
+    return markdown_table([{k: stage.get(k) for k in keys}])
 
 
 def write_report(out: Path, data_name: str, metrics: dict[str, dict],
@@ -311,7 +312,8 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
 
 ![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
 """ + (f"""
-Held-out prompts (never trained on), greedy replies:
+Prompts of held-out rows (the validation split: rows never trained on; the split is by row, so a prompt that
+occurs twice in the data can be on both sides), greedy replies:
 
 {markdown_table(samples)}
 """ if samples else "") + f"""

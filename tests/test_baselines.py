@@ -1,4 +1,4 @@
-"""Baselines against their formulas, and the report flags a stage that does not beat its own."""
+"""Baselines against their formulas: n-gram bits per byte, accuracy against chance, a change against its noise."""
 
 import math
 
