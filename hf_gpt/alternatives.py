@@ -19,6 +19,7 @@ from .loading import load_score_model
 from .ppo import to_messages
 from .recipe_utils import RecipeFields, load_stage, prepare_output_dir, run_record
 from .reward import prepare_preferences
+from .throughput import with_throughput
 
 
 def import_reward_function(path: str) -> Callable:
@@ -86,7 +87,7 @@ def _online(trainer_cls, args, method: str):
     rewards = _rewards(args)
     reward_tokenizers = [tokenizer if not callable(r) or hasattr(r, "config") else None for r in rewards]
     prompts = _prompts(args, tokenizer, model.config.max_position_embeddings)
-    trainer = trainer_cls(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
+    trainer = with_throughput(trainer_cls)(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
     trainer.train()
     save_aligned(trainer, args, method)
@@ -100,7 +101,7 @@ def save_aligned(trainer, args, method: str) -> None:
         last = next((h for h in reversed(trainer.state.log_history) if "loss" in h or "reward" in h), {})
         write_summary(args.output_dir, method, {k: last.get(k) for k in ("reward", "loss") if k in last},
                       data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                      steps=trainer.state.global_step)
+                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
 
 
 def grpo(args: GRPORecipeConfig) -> GRPOTrainer:
@@ -120,7 +121,7 @@ def dpo(args: DPORecipeConfig) -> DPOTrainer:
     args.max_length = min(args.max_length or model.config.max_position_embeddings,
                           model.config.max_position_embeddings)
     pairs, _ = prepare_preferences(rows, tokenizer, args.max_length, args.system_prompt)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
+    trainer = with_throughput(DPOTrainer)(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
     save_aligned(trainer, args, "dpo")
     return trainer

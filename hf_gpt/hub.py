@@ -41,9 +41,10 @@ ALIGNED = {"grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}  # TRL's methods: one c
 
 
 def write_summary(folder: str | Path, stage: str, metrics: dict, data: list[str] | str | None = None,
-                  base_model: str | None = None, steps: int | None = None) -> None:
+                  base_model: str | None = None, steps: int | None = None, throughput: dict | None = None) -> None:
     """What the model card needs to know, saved next to the weights by every stage."""
-    summary = {"stage": stage, "metrics": metrics, "data": data, "base_model": base_model, "steps": steps}
+    summary = {"stage": stage, "metrics": metrics, "data": data, "base_model": base_model, "steps": steps,
+               "throughput": throughput}
     (Path(folder) / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
 
 
@@ -98,6 +99,9 @@ def _training_text(summary: dict) -> str:
         lines.append(f"- initialised from: {summary['base_model']}")
     if summary.get("steps"):
         lines.append(f"- steps: {summary['steps']}")
+    if speed := summary.get("throughput"):
+        mfu = f", MFU {speed['mfu']:.1%}" if "mfu" in speed else ""
+        lines.append(f"- throughput: {speed.get('tokens_per_second', 0):,.0f} tokens/s on {speed.get('device')}{mfu}")
     for key, value in (summary.get("metrics") or {}).items():
         if not isinstance(value, (list, dict)):
             lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")

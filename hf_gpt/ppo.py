@@ -49,6 +49,7 @@ from .ppo_core import (
 from .recipe_utils import RecipeFields, last_complete_checkpoint, load_stage, prepare_output_dir, run_record
 from .report import plot_panels
 from .reward import render_for_reward, text_to_messages
+from .throughput import ThroughputMeter, forward_flops_per_token
 
 RewardFunction = Callable[[list, list[str]], list[float]]
 
@@ -253,6 +254,7 @@ class PPOTrainer:
             max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
             eos_token_id=processing_class.eos_token_id, pad_token_id=processing_class.pad_token_id)
         self.step, self.log_history = 0, []
+        self.throughput = ThroughputMeter(device, args.peak_tflops, self.accelerator.num_processes)
 
     # ---------------------------------------------------------------- rollout and scoring
 
@@ -322,8 +324,19 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- one PPO step
 
+    def step_flops(self, rows: int, length: int) -> float:
+        """Model FLOPs of one PPO step: generation and the rollout's forward passes (policy, value, reference,
+        reward model: one each per token), then num_ppo_epochs of policy + value updates (three forwards each)."""
+        model = self.accelerator.unwrap_model(self.model)
+        policy = getattr(model.policy, "get_base_model", lambda: model.policy)()
+        forward = lambda m: forward_flops_per_token(m, length) if m is not None else 0.0
+        trained = forward(policy) + forward(model.value_model)
+        frozen = forward(policy) + forward(self.reward_model)  # reference = policy's shape
+        return rows * length * (forward(policy) + trained + frozen + 3 * self.args.num_ppo_epochs * trained)
+
     def ppo_step(self, prompts: list[list[dict]]) -> dict[str, float]:
         args = self.args
+        self.throughput.add(0, 0)  # the step's clock starts with its rollout
         batch = self.rollout(prompts)
         mask, context = batch["mask"], batch["context"]
         scores = self.score(prompts, batch["completions"])
@@ -379,6 +392,8 @@ class PPOTrainer:
             "beta": self.kl_ctl.value,
             "lr": self.lr_scheduler.get_last_lr()[0],
         }
+        rows, length = batch["query_responses"].shape
+        self.throughput.add(rows * length, self.step_flops(rows, length))
         self.lr_scheduler.step()
         if args.adaptive_kl:
             self.kl_ctl.update(metrics["objective/kl"], n * self.accelerator.num_processes)
@@ -396,6 +411,8 @@ class PPOTrainer:
             metrics = self.ppo_step(next(batches))
             self.step += 1
             metrics["step"] = self.step
+            if self.step % args.logging_steps == 0 or self.step == 1:
+                metrics.update(self.throughput.report("perf/"))
             self.log_history.append(metrics)
             if self.step % args.logging_steps == 0 or self.step == 1:
                 self.accelerator.log(metrics, step=self.step)
@@ -405,6 +422,7 @@ class PPOTrainer:
                 self._write_samples(out)
             if (args.save_strategy == "steps" and args.save_steps and self.step % args.save_steps == 0
                     and self.step < args.max_steps):
+                self.throughput.pause()
                 self._save_checkpoint()
         self.save_models()
         self.accelerator.end_training()
@@ -472,7 +490,7 @@ class PPOTrainer:
         plot_ppo_curves(self.log_history, out / "ppo_curves.png")
         write_summary(out, "ppo", score_change(self.log_history),
                       data=self.args.data_files or self.args.dataset_name, base_model=self.args.model_name_or_path,
-                      steps=self.step)
+                      steps=self.step, throughput=self.throughput.summary())
 
 
 def score_change(history: list[dict]) -> dict:

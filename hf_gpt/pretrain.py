@@ -9,7 +9,6 @@ Design choices:
 """
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from .hub import write_summary
 from .modeling_hf_gpt import HfGptForCausalLM
 from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu, prepare_output_dir, run_record
 from .report import plot_panels
+from .throughput import PEAK_HELP, ThroughputMixin
 from .tokenizer import special_token_ids, train_tokenizer
 
 
@@ -87,7 +87,8 @@ class PretrainConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, "
                                                                                         "none, ...)."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
-    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (GPUs)."})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with a loss scaler (T4-class GPUs)."})
+    peak_tflops: float | None = field(default=None, metadata={"help": PEAK_HELP})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (saves memory)."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get gradients."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Train afresh into an output_dir that holds "
@@ -210,19 +211,8 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
 # ---------------------------------------------------------------- trainer and callbacks
 
 
-class PretrainTrainer(Trainer):
-    """Trainer that also logs tokens/s at every logging step."""
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            now, step = time.perf_counter(), self.state.global_step
-            last_time, last_step = getattr(self, "_speed_mark", (None, 0))
-            if last_time is not None and step > last_step:
-                a = self.args
-                tokens = (step - last_step) * a.train_batch_size * a.gradient_accumulation_steps * a.world_size
-                logs["tokens_per_second"] = round(tokens * a.block_size / (now - last_time), 1)
-            self._speed_mark = (now, step)
-        super().log(logs, start_time)
+class PretrainTrainer(ThroughputMixin, Trainer):
+    """transformers' Trainer that also logs tokens/s and MFU at every logging step."""
 
 
 class SampleCallback(TrainerCallback):
@@ -308,5 +298,5 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
         write_summary(args.output_dir, "base", pretrain_metrics(trainer.state.log_history),
                       data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                      steps=trainer.state.global_step)
+                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
     return trainer

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from .throughput import PEAK_HELP
+
 logger = logging.getLogger(__name__)
 
 # recipes/configs/*.yaml, shipped in the wheel as the package data `hf_gpt.recipe_configs` (see pyproject.toml).
@@ -231,6 +233,7 @@ class RecipeFields:
     activation_checkpointing: bool | None = field(default=None, metadata={"help": "Recompute activations in the "
                                                                                    "backward pass (TRL: True)."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
+    peak_tflops: float | None = field(default=None, metadata={"help": PEAK_HELP})
 
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()

@@ -24,6 +24,7 @@ from .baselines import against_chance
 from .data import convert_rows, load_rows, with_system_prompt
 from .hub import write_summary
 from .recipe_utils import RecipeFields, hold_out, load_stage, prepare_output_dir, run_record
+from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
     pairs, report = prepare_preferences(raw, tokenizer, args.max_length, args.system_prompt)
     logger.warning("Preference data: %s", dict(report))
     train, evaluation = hold_out(pairs, args)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+    trainer = with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                             processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate() if evaluation is not None else {}
@@ -126,5 +127,6 @@ def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | b
                            chance_bound=chance["chance_bound"], beats_baseline=chance["beats_baseline"])
         (Path(args.output_dir) / "reward_metrics.json").write_text(json.dumps(summary, indent=2))
         write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
-                      base_model=args.model_name_or_path, steps=trainer.state.global_step)
+                      base_model=args.model_name_or_path, steps=trainer.state.global_step,
+                      throughput=trainer.throughput_summary())
     return trainer

@@ -22,6 +22,7 @@ from trl import SFTConfig, SFTTrainer
 from .data import convert_rows, load_rows, with_system_prompt
 from .hub import write_summary
 from .recipe_utils import RecipeFields, final_evaluation, hold_out, load_stage, prepare_output_dir, run_record
+from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant"}
@@ -182,7 +183,7 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
 
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                                  target_modules=args.lora_target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+    trainer = with_throughput(SFTTrainer)(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                          processing_class=tokenizer, peft_config=peft_config)
     return trainer, report, evaluation
 
@@ -199,7 +200,7 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
         write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report),
                                                "epochs": trainer.state.epoch},
                       data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                      steps=trainer.state.global_step)
+                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
     tokenizer = trainer.processing_class
     if args.use_peft and args.merge_adapter and trainer.is_world_process_zero():
         merged = trainer.model.merge_and_unload()

@@ -58,12 +58,14 @@ def test_online_methods_with_reward_model_and_function(folders, make_config, run
     assert len(parts) == 2 and any("length_reward" in k for k in parts)
     assert logged[0]["reward"] == pytest.approx(sum(logged[0][k] for k in parts), abs=1e-4)
     assert (folders / run.__name__ / "model.safetensors").exists()
+    assert all(h["tokens_per_second"] > 0 for h in trainer.state.log_history if "loss" in h)
 
 
 def test_dpo_on_pairs(folders):
     trainer = dpo(DPORecipeConfig(**common(folders, "dpo"), beta=0.1))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # -log σ(0): the policy starts equal to its reference
+    assert all(h["tokens_per_second"] > 0 for h in trainer.state.log_history if "loss" in h)
 
 
 def test_reward_function_import_errors():

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -262,3 +263,44 @@ def test_sinusoidal_models_scale_embeddings_like_the_paper(tiny_config, tiny_mod
         model(ids)
         handle.remove()
     torch.testing.assert_close(captured["x"], hidden)
+
+
+@pytest.mark.parametrize("position", ["sinusoidal", "learned", "rope"])
+def test_vllm_transformers_backend_contract(position, tiny_model, tmp_path):
+    """What vLLM's Transformers backend (`vllm serve <folder> --model-impl transformers`) needs from a custom model:
+    is_backend_compatible, AutoModel in auto_map, one call per layer through ALL_ATTENTION_FUNCTIONS with the module's
+    scaling and an int layer_idx, its kwargs passed on, positions only from position_ids (packed rows)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def spy(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        calls.append((module.layer_idx, scaling == module.scaling, kwargs.get("backend_metadata")))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    AttentionInterface.register("contract_spy", spy)
+    model = tiny_model(position_embedding_type=position)
+    assert type(model).is_backend_compatible() and type(model.model).is_backend_compatible()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"].endswith(".HfGptModel")
+
+    lengths = [5, 7, 3]
+    rows = [torch.randint(3, 300, (1, n)) for n in lengths]
+    packed = torch.cat(rows, dim=1)  # [1, total_tokens], as vLLM batches
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)  # restarting at each sequence
+    mask = torch.zeros(1, 1, sum(lengths), sum(lengths), dtype=torch.bool)  # varlen: causal within each sequence
+    start = 0
+    for n in lengths:
+        mask[0, 0, start:start + n, start:start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        start += n
+    model.set_attn_implementation("contract_spy")
+    with torch.no_grad():
+        out = model(packed, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                    backend_metadata="from vLLM").logits
+        assert calls == [(i, True, "from vLLM") for i in range(model.config.num_hidden_layers)]
+        model.set_attn_implementation("sdpa")
+        start = 0
+        for row, n in zip(rows, lengths):
+            torch.testing.assert_close(out[:, start:start + n], model(row).logits, atol=1e-5, rtol=1e-5)
+            start += n

@@ -239,7 +239,9 @@ def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path, mak
     last = sum(h["objective/scores"] for h in history[-5:]) / 5
     assert last > first + 0.2, [round(h["objective/scores"], 3) for h in history]
     assert max(h["objective/kl"] for h in history) < 25.0
+    assert all(h["perf/tokens_per_second"] > 0 for h in history)  # logging_steps=1
     out = Path(args.output_dir)
+    assert json.loads((out / "training_summary.json").read_text())["throughput"]["tokens_per_second"] > 0
     assert (out / "model.safetensors").exists() and (out / "value_model" / "model.safetensors").exists()
     assert (out / "ppo_curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -369,8 +371,8 @@ def test_optimizer_fields_reach_the_optimizer(tokenizer, tmp_path, make_models):
 
 def test_bf16_on_cpu_runs_under_autocast(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
-    trainer = PPOTrainer(ppo_args(tmp_path, bf16=True, use_cpu=True, max_steps=2), policy, ref, value, tokenizer,
-                         prompts_dataset(), reward_funcs=[contains_letter_a])
+    trainer = PPOTrainer(ppo_args(tmp_path, bf16=True, use_cpu=True, max_steps=2, peak_tflops=0.001), policy, ref,
+                         value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a])
     assert trainer.accelerator.mixed_precision == "bf16"
     seen = []
     hook = policy.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
@@ -379,6 +381,7 @@ def test_bf16_on_cpu_runs_under_autocast(tokenizer, tmp_path, make_models):
     assert torch.bfloat16 in seen  # the forward passes ran in bf16
     assert policy.lm_head.weight.dtype == torch.float32  # master weights stay fp32
     assert all(math.isfinite(h["loss/policy_avg"]) and math.isfinite(h["objective/kl"]) for h in history)
+    assert all(h["perf/mfu"] > 0 for h in history)  # MFU against the 1 TFLOPS peak given
 
 
 def test_activation_checkpointing_is_switched_on(tokenizer, tmp_path, make_models):

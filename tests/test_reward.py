@@ -69,6 +69,8 @@ def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_pa
     trainer = train_reward_model(args)  # 160 steps at 1e-3 already ranked 1.00 for seeds 0-7 (120 at 3e-3: 0.59-1.00)
     metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
     assert metrics["pairwise_accuracy"] >= 0.9, metrics  # on 100 held-out numbers never seen in training
+    assert all(h["tokens_per_second"] > 0 for h in trainer.state.log_history if "loss" in h)
+    assert json.loads((tmp_path / "rm" / "training_summary.json").read_text())["throughput"]["device"] == "cpu"
     # What RewardTrainer trained on is exactly what PPO will score.
     row = trainer.train_dataset[0]
     example = to_preference({"prompt": "Is 4 2 even?", "chosen": "yes", "rejected": "no"})

@@ -125,6 +125,8 @@ def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path, model_folder):
     correct = [a == f"The capital of {k} is {v}.<|eos|>" for a, (k, v) in zip(answers, CAPITALS.items())]
     assert sum(correct) >= 6, answers
     assert trainer.state.log_history[0]["loss"] > 2 * trainer.state.log_history[-2]["loss"]
+    assert all(h["tokens_per_second"] > 0 for h in trainer.state.log_history if "loss" in h)
+    assert json.loads((tmp_path / "out" / "training_summary.json").read_text())["throughput"]["tokens_per_second"] > 0
 
 
 def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
