@@ -130,8 +130,11 @@ def build_lm_datasets(
     text_column: str = "text",
     validation_fraction: float = 0.1,
     num_proc: int | None = None,
+    stream_validation_documents: int = 0,
 ) -> tuple[Dataset | IterableDataset, Dataset | None]:
-    """Tokenise (cached by `datasets`), pack into blocks, and hold out a validation split."""
+    """Tokenise (cached by `datasets`), pack into blocks, and hold out a validation split: the corpus's own, else
+    the tail of a dataset (validation_fraction), or the head of a stream (its first stream_validation_documents:
+    a stream's length is unknown, so it has no tail)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos token: documents are joined with eos. Train it with hf_gpt.")
 
@@ -139,12 +142,17 @@ def build_lm_datasets(
         return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]}
 
     streaming = isinstance(next(iter(raw.values())), IterableDataset)
+    if streaming and stream_validation_documents > 0 and not {"validation", "test"} & raw.keys():
+        stream = raw["train"]
+        head = Dataset.from_list(list(stream.take(stream_validation_documents)))
+        raw = {"train": stream.skip(stream_validation_documents), "validation": head}
     packed = {}
     for split, ds in raw.items():
-        extra = {} if streaming else {"num_proc": num_proc, "desc": f"Tokenizing {split}"}
+        eager = isinstance(ds, Dataset)  # a stream's held-out head is a small eager Dataset
+        extra = {"num_proc": num_proc, "desc": f"Tokenizing {split}"} if eager else {}
         tokens = ds.map(tokenize, batched=True, remove_columns=ds.column_names, **extra)
         gen_kwargs = {"dataset": tokens, "block_size": block_size, "eos_token_id": tokenizer.eos_token_id}
-        builder = IterableDataset if streaming else Dataset
+        builder = Dataset if eager else IterableDataset
         packed[split] = builder.from_generator(_blocks, gen_kwargs=gen_kwargs)
     train = packed["train"]
     validation = packed.get("validation", packed.get("test"))

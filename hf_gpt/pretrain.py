@@ -48,6 +48,11 @@ class PretrainConfig(TrainingArguments):
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
     text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
     streaming: bool = field(default=False, metadata={"help": "Stream a corpus too big for the disk cache."})
+    stream_validation_documents: int = field(default=0, metadata={"help": "With streaming and no validation split: "
+                                                                          "hold out the stream's first N documents."})
+    tokenizer_documents: int | None = field(default=None, metadata={"help": "Train the BPE on the first N training "
+                                                                            "documents (default: all; set it for a "
+                                                                            "stream)."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Tail of the stream held out for eval."})
     block_size: int = field(default=256, metadata={"help": "Tokens per training sequence (the context)."})
     # Tokenizer
@@ -117,7 +122,13 @@ def load_or_train_tokenizer(args: PretrainConfig, raw_documents) -> PreTrainedTo
         return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code)
     if args.model_name_or_path:
         return AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    texts = (row[args.text_column] for row in raw_documents["train"])
+    documents = raw_documents["train"]
+    if args.stream_validation_documents and args.streaming:  # never learn merges from the held-out head
+        documents = documents.skip(args.stream_validation_documents)
+    if args.tokenizer_documents:
+        documents = documents.take(args.tokenizer_documents) if args.streaming else \
+            documents.select(range(min(args.tokenizer_documents, len(documents))))
+    texts = (row[args.text_column] for row in documents)
     return train_tokenizer(texts, vocab_size=args.vocab_size, model_max_length=args.max_position_embeddings)
 
 
@@ -275,7 +286,8 @@ def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = N
     model = build_model(args, tokenizer)
     with args.main_process_first(desc="tokenize and pack"):
         train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
-                                              args.validation_fraction)
+                                              args.validation_fraction,
+                                              stream_validation_documents=args.stream_validation_documents)
     trainer = PretrainTrainer(
         model=model,
         args=args,

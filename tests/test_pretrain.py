@@ -245,3 +245,37 @@ def test_streaming_gives_the_same_blocks(tokenizer, tmp_path):
     assert validation is None  # a stream has no tail to hold out: use a dataset with its own validation split
     first = [row["input_ids"] for _, row in zip(range(10), streamed)]
     assert first == [eager[i]["input_ids"] for i in range(10)]
+
+
+def test_stream_holds_out_its_head_for_validation(tokenizer, tmp_path):
+    from pydoc_data.topics import topics
+
+    docs = list(topics.values())[:30]
+    data = [str(write_jsonl(tmp_path / "d.jsonl", docs))]
+    streamed, validation = build_lm_datasets(load_documents(data, streaming=True), tokenizer, block_size=32,
+                                             stream_validation_documents=5)
+    head, _ = build_lm_datasets(load_documents([str(write_jsonl(tmp_path / "head.jsonl", docs[:5]))]), tokenizer,
+                                block_size=32, validation_fraction=0.0)
+    rest, _ = build_lm_datasets(load_documents([str(write_jsonl(tmp_path / "rest.jsonl", docs[5:]))]), tokenizer,
+                                block_size=32, validation_fraction=0.0)
+    assert validation["input_ids"] == head["input_ids"]  # the first 5 documents, packed
+    assert [row["input_ids"] for _, row in zip(range(5), streamed)] == rest["input_ids"][:5]  # training skips them
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small", "korean-gpu"])
+def test_gpu_presets_parse_and_build_the_124m_model(preset, tokenizer, tmp_path):
+    from hf_gpt.recipe_utils import parse_recipe_args
+    from hf_gpt.throughput import count_parameters
+
+    (args,) = parse_recipe_args((PretrainConfig,), "pretrain", ["--config", preset, "--output_dir", str(tmp_path),
+                                                                "--use_cpu", "true"])
+    assert args.bf16 and args.torch_compile and args.optim == "adamw_torch_fused" and args.streaming
+    assert args.stream_validation_documents > 0 and args.tokenizer_documents  # a held-out head; a bounded BPE run
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.block_size
+    assert tokens_per_step == 524_288  # nanoGPT's 0.5M-token batch
+    args.vocab_size = len(tokenizer)  # the shape, without training a 32k BPE here
+    with torch.device("meta"):
+        model = build_model(args, tokenizer)
+    shape = (model.config.num_hidden_layers, model.config.num_attention_heads, model.config.hidden_size)
+    assert shape == (12, 12, 768) and model.config.max_position_embeddings == 1024
+    assert count_parameters(model) == pytest.approx(85e6, rel=0.01)  # 124M with GPT-2's 50k vocabulary

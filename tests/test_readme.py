@@ -24,6 +24,8 @@ NOT_RUN = {
     "transformers chat": "an interactive client of the server that `hf-gpt serve` starts (served here)",
     "multi_gpu.yaml": "needs several GPUs",
     "gpt2-small": "downloads its corpus from the Hub (no network here)",
+    "korean-gpu": "downloads its corpus from the Hub (no network here)",
+    "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_gpu.py runs the same code tiny on the CPU)",
     "make demo DATA=": "downloads its three data sets from the Hub (no network here)",
 }
 MICRO = {  # stage → the overrides that shrink a run
