@@ -73,6 +73,7 @@ def local_hashes(folder: Path) -> dict[str, str]:
             for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["regular", "lfs"])
 def test_push_download_round_trip(trained, tmp_path, mode):
     server, hub, url = start(mode)
@@ -130,6 +131,7 @@ def test_wrong_repo_id_is_caught_before_any_work(trained):
         push_folder(trained, "not a repo!!")
 
 
+@pytest.mark.slow
 def test_missing_or_invalid_token(trained, tmp_path):
     server, hub, url = start()
     try:

@@ -228,6 +228,7 @@ def contains_letter_a(prompts, completions):
     return [c.count("a") / max(len(c), 1) for c in completions]
 
 
+@pytest.mark.slow
 def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
     # 60 steps: over seeds 0-11 the score gain was 0.29-0.46 and max KL 12-18 (40 steps: as little as +0.17).
@@ -246,6 +247,7 @@ def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path, mak
     assert (out / "ppo_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_checkpoint_and_resume(tokenizer, tmp_path, make_models):
     def run(max_steps, resume):
         policy, ref, value = make_models(tokenizer)
@@ -287,6 +289,7 @@ def test_hh_rlhf_prompts_run_a_ppo_step(tokenizer, tmp_path, shared_data, make_m
     assert math.isfinite(metrics["objective/scores"]) and math.isfinite(metrics["loss/value_avg"])
 
 
+@pytest.mark.slow
 def test_two_processes_on_cpu(tokenizer, tmp_path):
     import os
     import subprocess

@@ -124,6 +124,7 @@ def driver_inputs(tmp_path_factory, tokenizer):
     return folder, data, folder / "tok"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs):
     folder, data, tok = driver_inputs
     reference = run_driver(folder / "ref", data, tok, batch=8)
@@ -140,6 +141,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs):
     assert (folder / "killed" / "model.safetensors").exists() and (folder / "killed" / "curves.png").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_same_global_batch(driver_inputs):
     folder, data, tok = driver_inputs
     one = run_driver(folder / "one", data, tok, batch=8)
@@ -206,6 +208,7 @@ def test_recipe_bad_input_is_one_line(tmp_path):
         "error: Data file not found: missing.txt. Check the path in dataset_name / data_files.")
 
 
+@pytest.mark.slow
 def test_tiny_preset_on_shakespeare_lowers_val_loss(tmp_path, shared_data):
     shared_data("tinyshakespeare/input.txt")
     recipe = Path(__file__).parents[1] / "recipes" / "pretrain.py"
