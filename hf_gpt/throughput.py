@@ -120,9 +120,9 @@ class ThroughputMixin:
         if model.training:
             counted = self.accelerator.unwrap_model(model)
             counted = getattr(counted, "get_base_model", lambda: counted)()  # PEFT: the wrapped model's config
-            flops = sum(rows * length * 3 * forward_flops_per_token(counted, length)
-                        for rows, length in batch_shapes(inputs))
-            self._meter().add(sum(rows * length for rows, length in batch_shapes(inputs)), flops)
+            shapes = batch_shapes(inputs)
+            flops = sum(rows * length * 3 * forward_flops_per_token(counted, length) for rows, length in shapes)
+            self._meter().add(sum(rows * length for rows, length in shapes), flops)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
