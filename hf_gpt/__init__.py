@@ -7,17 +7,24 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
 )
 
 from .configuration_hf_gpt import HfGptConfig
 from .modeling_hf_gpt import (
+    CrossAttention,
     DecoderBlock,
+    EncoderBlock,
     FeedForward,
     HfGptForCausalLM,
+    HfGptForConditionalGeneration,
+    HfGptForMaskedLM,
     HfGptForSequenceClassification,
     HfGptModel,
     HfGptPreTrainedModel,
+    HfGptSeq2SeqModel,
     MultiHeadAttention,
     scaled_dot_product_attention,
     sinusoidal_position_encoding,
@@ -30,6 +37,8 @@ for _auto, _cls in (
     (AutoModel, HfGptModel),
     (AutoModelForCausalLM, HfGptForCausalLM),
     (AutoModelForSequenceClassification, HfGptForSequenceClassification),
+    (AutoModelForMaskedLM, HfGptForMaskedLM),
+    (AutoModelForSeq2SeqLM, HfGptForConditionalGeneration),
 ):
     _auto.register(HfGptConfig, _cls, exist_ok=True)
     # Makes save_pretrained copy the code files next to the weights, for trust_remote_code loading.
@@ -42,7 +51,12 @@ __all__ = [
     "HfGptPreTrainedModel",
     "HfGptForCausalLM",
     "HfGptForSequenceClassification",
+    "HfGptForMaskedLM",
+    "HfGptSeq2SeqModel",
+    "HfGptForConditionalGeneration",
     "DecoderBlock",
+    "EncoderBlock",
+    "CrossAttention",
     "FeedForward",
     "MultiHeadAttention",
     "scaled_dot_product_attention",

@@ -16,6 +16,8 @@ AUTO_MAP = {
     "AutoModel": "modeling_hf_gpt.HfGptModel",
     "AutoModelForCausalLM": "modeling_hf_gpt.HfGptForCausalLM",
     "AutoModelForSequenceClassification": "modeling_hf_gpt.HfGptForSequenceClassification",
+    "AutoModelForMaskedLM": "modeling_hf_gpt.HfGptForMaskedLM",
+    "AutoModelForSeq2SeqLM": "modeling_hf_gpt.HfGptForConditionalGeneration",
 }
 
 
@@ -37,6 +39,11 @@ class HfGptConfig(PreTrainedConfig):
     hidden_act: activation of the feed-forward network, any key of transformers' ACT2FN ("gelu", "relu"...).
     embedding_dropout / attention_dropout / hidden_dropout: dropout on embeddings, attention weights, sublayer outputs.
     attention_bias / mlp_bias: whether the W^Q, W^K, W^V, W^O and FFN linear layers have biases.
+    is_causal: True for GPT (masked self-attention: a token sees only the past); False for a BERT-style encoder
+        (bidirectional self-attention, for HfGptForMaskedLM and encoder classification).
+    is_encoder_decoder: the original Transformer (HfGptForConditionalGeneration): a bidirectional encoder of
+        num_encoder_layers blocks, a decoder of num_hidden_layers blocks with cross-attention; the decoder starts
+        from decoder_start_token_id.
 
     Example:
         >>> from hf_gpt import HfGptConfig, HfGptForCausalLM
@@ -70,6 +77,9 @@ class HfGptConfig(PreTrainedConfig):
     hidden_dropout: float = 0.0
     attention_bias: bool = True
     mlp_bias: bool = True
+    is_causal: bool = True
+    num_encoder_layers: int | None = None
+    decoder_start_token_id: int | None = None
     initializer_range: float = 0.02
     # The v5 config base no longer declares these: without them the LM head is silently left untied.
     tie_word_embeddings: bool = True
@@ -84,6 +94,8 @@ class HfGptConfig(PreTrainedConfig):
                 setattr(self, name, kwargs.pop(alias))
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
+        if self.is_encoder_decoder and self.num_encoder_layers is None:
+            self.num_encoder_layers = self.num_hidden_layers
         if self.scale_embeddings is None:
             # Without it the sinusoids (size 1) drown N(0, 0.02) token vectors and the model learns only unigrams.
             self.scale_embeddings = self.position_embedding_type == "sinusoidal"
@@ -109,6 +121,16 @@ class HfGptConfig(PreTrainedConfig):
                 f"HfGptConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}): each head gets hidden_size / num_attention_heads dimensions."
             )
+        if self.is_encoder_decoder and not self.is_causal:
+            raise ValueError("HfGptConfig: in an encoder-decoder the encoder is bidirectional and the decoder causal "
+                             "by construction; drop is_causal=False.")
+        if self.num_encoder_layers is not None and not self.is_encoder_decoder:
+            raise ValueError("HfGptConfig.num_encoder_layers is only for an encoder-decoder: set "
+                             "is_encoder_decoder=True or drop it (num_hidden_layers sets the depth of a decoder or "
+                             "of an encoder).")
+        if self.is_encoder_decoder and self.num_encoder_layers <= 0:
+            raise ValueError(
+                f"HfGptConfig.num_encoder_layers must be a positive integer, got {self.num_encoder_layers}.")
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("hidden_act", self.hidden_act, tuple(ACT2FN))

@@ -1,7 +1,9 @@
-"""hf_gpt: a GPT (decoder-only Transformer) in one file, named the way the lecture teaches it.
+"""hf_gpt: a GPT (decoder-only Transformer) in one file, named the way the lecture teaches it, and from the same
+blocks the lecture's two other Transformers: BERT (a bidirectional encoder) and the encoder-decoder.
 
-Reading order: position encodings → scaled dot-product attention → MultiHeadAttention → FeedForward → DecoderBlock →
-HfGptModel → heads (causal LM; sequence classification for reward and value models).
+Reading order: position encodings → scaled dot-product attention → MultiHeadAttention (and CrossAttention) →
+FeedForward → DecoderBlock (and EncoderBlock) → HfGptModel → heads (causal LM; sequence classification for reward
+and value models; masked LM) → the encoder-decoder (HfGptSeq2SeqModel, HfGptForConditionalGeneration).
 
 Design choices, and why:
 - Self-contained (torch, transformers and the config only), so a saved folder also runs as Hub remote code.
@@ -11,6 +13,7 @@ Design choices, and why:
   go stale when ``from_pretrained`` builds the model on the meta device, and left padding never shifts positions.
 """
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -18,20 +21,24 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithPast,
+    MaskedLMOutput,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_hf_gpt import HfGptConfig
 
@@ -97,14 +104,16 @@ def scaled_dot_product_attention(
 class MultiHeadAttention(nn.Module):
     """MultiHead(X) = Concat(head_1, ..., head_h) W^O with head_i = Attention(X W^Q_i, X W^K_i, X W^V_i)."""
 
-    def __init__(self, config: HfGptConfig, layer_idx: int):
+    def __init__(self, config: HfGptConfig, layer_idx: int, is_causal: bool = True):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5  # 1/√d_k
         self.attention_dropout = config.attention_dropout
-        self.is_causal = True  # masked self-attention: a token sees itself and the past only
+        # True: masked self-attention, a token sees itself and the past only (GPT, the decoder).
+        # False: bidirectional, every token sees every token (BERT, the encoder). SDPA reads this when no mask is given.
+        self.is_causal = is_causal
         d, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(d, d, bias=bias)  # W^Q for all heads at once
         self.k_proj = nn.Linear(d, d, bias=bias)  # W^K
@@ -120,17 +129,23 @@ class MultiHeadAttention(nn.Module):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]  # (B, T)
-        hidden_shape = (*input_shape, -1, self.head_dim)  # (B, T, h, d_k)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, h, T, d_k)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query = self.split_heads(self.q_proj(hidden_states))  # (B, h, T, d_k)
+        key = self.split_heads(self.k_proj(hidden_states))
+        value = self.split_heads(self.v_proj(hidden_states))
 
         if position_embeddings is not None:  # RoPE
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if cache is not None:  # KV cache: append this step's keys/values, attend over all of them
             key, value = cache.update(key, value, self.layer_idx)  # (B, h, S, d_k)
+        return self.attend(query, key, value, attention_mask, **kwargs)
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) → (B, h, T, d_k): each head gets its own d_k = d / h slice."""
+        return x.view(*x.shape[:-1], -1, self.head_dim).transpose(1, 2)
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+               **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of every head, then Concat(heads) W^O: (B, h, T, d_k) → (B, T, d)."""
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, scaled_dot_product_attention
         )
@@ -144,8 +159,36 @@ class MultiHeadAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        output = output.reshape(*input_shape, -1).contiguous()  # concat heads: (B, T, d)
+        output = output.reshape(query.shape[0], query.shape[2], -1).contiguous()  # concat heads: (B, T, d)
         return self.o_proj(output), weights
+
+
+class CrossAttention(MultiHeadAttention):
+    """Encoder-decoder attention: Q = decoder states W^Q (h, T, d_k); K, V = encoder output W^K, W^V (h, L, d_k)."""
+
+    def __init__(self, config: HfGptConfig, layer_idx: int):
+        super().__init__(config, layer_idx, is_causal=False)  # every target token may read every source token
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query = self.split_heads(self.q_proj(hidden_states))  # (B, h, T, d_k)
+        if cache is not None and cache.is_updated.get(self.layer_idx):  # the source's K, V: once per generation
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            key, value = layer.keys, layer.values
+        else:
+            key = self.split_heads(self.k_proj(encoder_hidden_states))  # (B, h, L, d_k)
+            value = self.split_heads(self.v_proj(encoder_hidden_states))
+            if cache is not None:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        kwargs["is_causal"] = False  # the model's is_causal (True in the decoder) is about self-attention only
+        return self.attend(query, key, value, attention_mask, **kwargs)  # scores (B, h, T, L)
 
 
 class FeedForward(nn.Module):
@@ -163,33 +206,55 @@ class FeedForward(nn.Module):
 
 
 class DecoderBlock(GradientCheckpointingLayer):
-    """x + MHA(LN(x)), then x + FFN(LN(x)) (pre-norm); or LN(x + MHA(x)), then LN(x + FFN(x)) (post-norm)."""
+    """x + MHA(LN(x)), [x + CrossAttention(LN(x), enc)], x + FFN(LN(x)) (pre-norm); LN(x + sublayer(x)) (post-norm)."""
 
-    def __init__(self, config: HfGptConfig, layer_idx: int):
+    def __init__(self, config: HfGptConfig, layer_idx: int, is_causal: bool = True, cross_attention: bool = False):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.attention = MultiHeadAttention(config, layer_idx)
+        self.attention = MultiHeadAttention(config, layer_idx, is_causal=is_causal)
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Only in the encoder-decoder's decoder: the second sublayer reads the encoder's output.
+        self.cross_attention = CrossAttention(config, layer_idx) if cross_attention else None
+        self.cross_attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) \
+            if cross_attention else None
         self.feed_forward = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def sublayer(self, x: torch.Tensor, norm: nn.LayerNorm, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Residual + LayerNorm around one sublayer: x + f(LN(x)) (pre-norm) or LN(x + f(x)) (post-norm, Add & Norm)."""
+        if self.pre_norm:
+            return x + self.dropout(fn(norm(x)))
+        return norm(x + self.dropout(fn(x)))
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,  # positional, so checkpointing carries its gradient
+        encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        x = hidden_states  # (B, T, d)
-        if self.pre_norm:
-            attn, _ = self.attention(self.attention_norm(x), attention_mask, position_embeddings, cache, **kwargs)
-            x = x + self.dropout(attn)
-            return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
-        attn, _ = self.attention(x, attention_mask, position_embeddings, cache, **kwargs)
-        x = self.attention_norm(x + self.dropout(attn))  # Add & Norm
-        return self.ffn_norm(x + self.dropout(self.feed_forward(x)))
+        self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        x = self.sublayer(  # (B, T, d)
+            hidden_states, self.attention_norm,
+            lambda h: self.attention(h, attention_mask, position_embeddings, self_cache, **kwargs)[0],
+        )
+        if self.cross_attention is not None:
+            x = self.sublayer(
+                x, self.cross_attention_norm,
+                lambda h: self.cross_attention(h, encoder_hidden_states, encoder_attention_mask, cache, **kwargs)[0],
+            )
+        return self.sublayer(x, self.ffn_norm, self.feed_forward)
+
+
+class EncoderBlock(DecoderBlock):
+    """The same block with bidirectional self-attention (no causal mask): BERT's layer and the encoder's."""
+
+    def __init__(self, config: HfGptConfig, layer_idx: int):
+        super().__init__(config, layer_idx, is_causal=False)
 
 
 class HfGptPreTrainedModel(PreTrainedModel):
@@ -197,13 +262,17 @@ class HfGptPreTrainedModel(PreTrainedModel):
     config_class = HfGptConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DecoderBlock"]
+    _no_split_modules = ["DecoderBlock", "EncoderBlock"]
     _supports_sdpa = True  # without it transformers silently falls back to eager
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    _can_record_outputs = {"hidden_states": DecoderBlock, "attentions": MultiHeadAttention}
+    _can_record_outputs = {
+        "hidden_states": DecoderBlock,  # EncoderBlock too: a subclass
+        "attentions": OutputRecorder(MultiHeadAttention, index=1, layer_name="attention"),  # self-attention only
+        "cross_attentions": OutputRecorder(CrossAttention, index=1),
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # N(0, 0.02) linears and embeddings, LayerNorm = identity
@@ -217,9 +286,14 @@ class HfGptPreTrainedModel(PreTrainedModel):
 
 
 class HfGptModel(HfGptPreTrainedModel):
-    """Token embedding (+ position encoding) → N decoder blocks → final LayerNorm; returns hidden states (B, T, d)."""
+    """Token embedding (+ position encoding) → N blocks → final LayerNorm; returns hidden states (B, T, d).
 
-    def __init__(self, config: HfGptConfig):
+    The blocks are GPT's (masked self-attention) unless ``config.is_causal`` is False (BERT: bidirectional). Inside the
+    encoder-decoder the same class is both stacks: the encoder (a config with ``is_causal=False``) and the decoder
+    (``cross_attention=True``: every block also attends to the encoder's output).
+    """
+
+    def __init__(self, config: HfGptConfig, cross_attention: bool = False):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_tokens.is_scaled_embedding = config.scale_embeddings
@@ -229,7 +303,10 @@ class HfGptModel(HfGptPreTrainedModel):
             if config.position_embedding_type == "learned" else None
         )
         self.dropout = nn.Dropout(config.embedding_dropout)
-        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderBlock(config, i, cross_attention=cross_attention) if config.is_causal else EncoderBlock(config, i)
+            for i in range(config.num_hidden_layers)
+        )
         # Pre-norm stacks need a last LayerNorm; post-norm blocks already end with one.
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" \
             else nn.Identity()
@@ -262,14 +339,23 @@ class HfGptModel(HfGptPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        r"""encoder_hidden_states (B, L, d), encoder_attention_mask (B, L): the source, for the cross-attention."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # token embedding: (B, T) → (B, T, d)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+        # transformers' convention: the is_causal kwarg (filled from the config) can make a decoder bidirectional.
+        is_causal = kwargs.get("is_causal", self.config.is_causal)
+        if not is_causal:  # an encoder reads its whole input at once: nothing to cache
+            cache = None
+        elif use_cache and cache is None:
+            has_cross = self.layers[0].cross_attention is not None
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config)) \
+                if has_cross else DynamicCache(config=self.config)
 
         past_length = cache.get_seq_length() if cache is not None else 0
         length = inputs_embeds.shape[1]
@@ -284,13 +370,25 @@ class HfGptModel(HfGptPreTrainedModel):
                 )
             position_ids = positions_from_attention_mask(attention_mask, past_length, length, inputs_embeds.device)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        if is_causal:  # masked self-attention
+            self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=self_cache,
+                position_ids=position_ids,
+            )
+        else:  # bidirectional: only padding is masked
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=inputs_embeds,
+                                             attention_mask=attention_mask)
+        if encoder_hidden_states is not None:  # cross-attention: only the source's padding is masked
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
         additive_pe, rotary = self.embed_positions_of(position_ids, inputs_embeds.dtype)
         hidden_states = inputs_embeds
         if self.embedding_scale != 1.0:  # as Gemma: also for inputs_embeds given directly
@@ -301,13 +399,15 @@ class HfGptModel(HfGptPreTrainedModel):
         for block in self.layers:
             hidden_states = block(
                 hidden_states,
-                attention_mask=causal_mask,
-                position_embeddings=rotary,
+                mask,
+                rotary,
+                encoder_hidden_states,
+                encoder_attention_mask,
                 cache=cache,
                 position_ids=position_ids,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.norm(hidden_states), cache=cache)
 
 
 class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
@@ -335,7 +435,7 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""labels (B, T): the input ids; the loss shifts them so position t predicts token t+1 (-100 = ignore)."""
-        outputs: BaseModelOutputWithPast = self.model(
+        outputs: BaseModelOutputWithPastAndCrossAttentions = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -359,9 +459,16 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
 
 
 class HfGptForSequenceClassification(HfGptPreTrainedModel):
-    """A score head read at the last real token (the reply's eos): the reward model and the PPO value model."""
+    """A score head read at the last real token (the reply's eos): the reward model and the PPO value model.
+
+    On a bidirectional encoder (``is_causal=False``) it reads the first token instead, as BERT's [CLS]: there the first
+    token has seen the whole text, while in a causal model only the last one has.
+    """
 
     def __init__(self, config: HfGptConfig):
+        if config.is_encoder_decoder:
+            raise ValueError("HfGptForSequenceClassification needs an encoder or a decoder, not an encoder-decoder: "
+                             "build it from HfGptConfig(is_causal=False) for a BERT-style classifier.")
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = HfGptModel(config)
@@ -391,7 +498,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutputWithPast:
-        outputs: BaseModelOutputWithPast = self.model(
+        outputs: BaseModelOutputWithPastAndCrossAttentions = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -402,8 +509,11 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         )
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
         batch, length = logits.shape[:2]
-        last = self.last_token_index(input_ids, attention_mask, length, logits.device)
-        pooled_logits = logits[torch.arange(batch, device=logits.device), last]  # (B, num_labels)
+        if self.config.is_causal:
+            last = self.last_token_index(input_ids, attention_mask, length, logits.device)
+            pooled_logits = logits[torch.arange(batch, device=logits.device), last]  # (B, num_labels)
+        else:  # right padding (the tokenizer's default for encoders) keeps real text at position 0
+            pooled_logits = logits[:, 0]
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
@@ -416,11 +526,196 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         )
 
 
+class HfGptForMaskedLM(HfGptPreTrainedModel):
+    """BERT's masked LM: bidirectional blocks, logits (B, L, vocab) = h W_Eᵀ, cross-entropy on masked tokens only."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HfGptConfig):
+        if config.is_causal or config.is_encoder_decoder:
+            raise ValueError("HfGptForMaskedLM is a bidirectional encoder: build it from HfGptConfig(is_causal=False, "
+                             "...). A causal model cannot see the words to the right of [MASK].")
+        super().__init__(config)
+        self.model = HfGptModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        r"""labels (B, L): original ids at masked positions, -100 elsewhere (no shift: a position predicts itself)."""
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, vocab)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                              attentions=outputs.attentions)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: the decoder reads [start, y_1, ..., y_{T-1}] and predicts [y_1, ..., y_T]."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class HfGptSeq2SeqModel(HfGptPreTrainedModel):
+    """The original Transformer: an encoder of bidirectional blocks reads the source (B, L); a decoder of masked
+    self-attention + cross-attention blocks writes the target (B, T). Both share one token embedding (one BPE)."""
+
+    _tied_weights_keys = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight"}
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        # As T5: the encoder is built from a copy of the config that says "bidirectional, num_encoder_layers deep".
+        encoder_config = copy.deepcopy(config)
+        encoder_config.is_causal, encoder_config.use_cache, encoder_config.is_encoder_decoder = False, False, False
+        encoder_config.num_hidden_layers, encoder_config.num_encoder_layers = config.num_encoder_layers, None
+        self.encoder = HfGptModel(encoder_config)
+        self.decoder = HfGptModel(config, cross_attention=True)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embed_tokens = self.decoder.embed_tokens = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
+        if encoder_outputs is None:  # generate() runs the encoder once and passes its output at every step
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        elif not isinstance(encoder_outputs, ModelOutput):  # a tuple (last_hidden_state, ...)
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            position_ids=decoder_position_ids,
+            cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+
+
+class HfGptForConditionalGeneration(HfGptPreTrainedModel, GenerationMixin):
+    """Encoder-decoder with an LM head on the decoder: logits (B, T, vocab), next-token cross-entropy on the target."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+
+    def __init__(self, config: HfGptConfig):
+        if not config.is_encoder_decoder:
+            raise ValueError("HfGptForConditionalGeneration is an encoder-decoder: build it from "
+                             "HfGptConfig(is_encoder_decoder=True, decoder_start_token_id=<bos id>, ...).")
+        super().__init__(config)
+        self.model = HfGptSeq2SeqModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Used by DataCollatorForSeq2Seq, so batches arrive with decoder_input_ids."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        decoder_position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
+        r"""labels (B, T): target ids (-100 = ignore); without decoder_input_ids the decoder reads them shifted."""
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs: Seq2SeqModelOutput = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            decoder_position_ids=decoder_position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T, vocab)
+        loss = None
+        if labels is not None:  # labels are already aligned with the decoder's outputs: passed as shift_labels
+            loss = self.loss_function(logits=logits, labels=None, shift_labels=labels,
+                                      vocab_size=self.config.vocab_size, **kwargs)
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+
+
 __all__ = [
     "HfGptPreTrainedModel",
     "HfGptModel",
     "HfGptForCausalLM",
     "HfGptForSequenceClassification",
+    "HfGptForMaskedLM",
+    "HfGptSeq2SeqModel",
+    "HfGptForConditionalGeneration",
+    "CrossAttention",
+    "EncoderBlock",
     "sinusoidal_position_encoding",
     "scaled_dot_product_attention",
     "MultiHeadAttention",

@@ -46,6 +46,19 @@ def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
     return 2 * count_parameters(model) + 4 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
+def seq2seq_step(model: nn.Module, source: tuple[int, int], target: tuple[int, int]) -> tuple[int, float]:
+    """(tokens, training FLOPs) of an encoder-decoder step: source tokens run the encoder (2N_enc + 4·L_enc·d·L),
+    target tokens the decoder and head (2N_dec + 4·L_dec·d·(T + L): self- and cross-attention), three passes each."""
+    (rows, length), (_, target_length) = source[:2], target[:2]
+    d, encoder = model.config.hidden_size, model.model.encoder
+    embedding = encoder.embed_tokens.weight.numel()  # shared: a lookup for the encoder, the tied head's matmul
+    n_encoder = count_parameters(encoder) - embedding
+    n_decoder = count_parameters(model) - n_encoder
+    per_source = 2 * n_encoder + 4 * encoder.config.num_hidden_layers * d * length
+    per_target = 2 * n_decoder + 4 * model.config.num_hidden_layers * d * (target_length + length)
+    return rows * (length + target_length), 3.0 * rows * (length * per_source + target_length * per_target)
+
+
 def batch_shapes(inputs: dict) -> list[tuple[int, int]]:
     """(rows, length) of the sequences a training step runs: `input_ids` (LM, SFT, reward and DPO collators), or
     `prompt_ids` + `completion_ids` (GRPO/RLOO), or every `*input_ids` tensor."""
@@ -120,9 +133,13 @@ class ThroughputMixin:
         if model.training:
             counted = self.accelerator.unwrap_model(model)
             counted = getattr(counted, "get_base_model", lambda: counted)()  # PEFT: the wrapped model's config
-            shapes = batch_shapes(inputs)
-            flops = sum(rows * length * 3 * forward_flops_per_token(counted, length) for rows, length in shapes)
-            self._meter().add(sum(rows * length for rows, length in shapes), flops)
+            if getattr(counted.config, "is_encoder_decoder", False) and "labels" in inputs:
+                tokens, flops = seq2seq_step(counted, inputs["input_ids"].shape, inputs["labels"].shape)
+            else:
+                shapes = batch_shapes(inputs)
+                tokens = sum(rows * length for rows, length in shapes)
+                flops = sum(rows * length * 3 * forward_flops_per_token(counted, length) for rows, length in shapes)
+            self._meter().add(tokens, flops)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):

@@ -18,9 +18,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+MASK = "<|mask|>"  # BERT's [MASK]: the blank a masked language model fills in
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = tuple(f"<|{role}|>" for role in ROLES)
-SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
+SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS, MASK)  # MASK last: older vocabularies keep their ids
 
 # transformers renders templates with trim_blocks, so newlines are written as '\n' inside expressions.
 CHAT_TEMPLATE = (
@@ -102,11 +103,14 @@ def train_tokenizer(
 
 def wrap_tokenizer(tokenizer: Tokenizer, model_max_length: int = 1024) -> PreTrainedTokenizerFast:
     """Give a raw `tokenizers.Tokenizer` our special tokens and chat template, as a transformers tokenizer."""
+    # A vocabulary trained before the mask token existed gets none, rather than an id past the model's embeddings.
+    mask = {"mask_token": MASK} if tokenizer.token_to_id(MASK) is not None else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
+        **mask,
         extra_special_tokens=list(ROLE_TOKENS),
         model_max_length=model_max_length,
         chat_template=CHAT_TEMPLATE,

@@ -164,7 +164,8 @@ def test_saved_config_has_full_auto_map(tmp_path, tiny_model):
     tiny_model().save_pretrained(tmp_path)
     config = HfGptConfig.from_pretrained(tmp_path)
     assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
-                                    "AutoModelForSequenceClassification"}
+                                    "AutoModelForSequenceClassification", "AutoModelForMaskedLM",
+                                    "AutoModelForSeq2SeqLM"}
     assert (tmp_path / "modeling_hf_gpt.py").exists() and (tmp_path / "configuration_hf_gpt.py").exists()
 
 

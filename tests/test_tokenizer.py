@@ -90,7 +90,7 @@ def test_train_from_files_and_errors(tmp_path):
     bad.write_bytes("한국어".encode("cp949"))
     with pytest.raises(ValueError, match="not valid UTF-8"):
         train_tokenizer([bad])
-    with pytest.raises(ValueError, match="at least 262"):
+    with pytest.raises(ValueError, match="at least 263"):  # 256 bytes + 7 special tokens (mask included)
         train_tokenizer([good], vocab_size=100)
 
 
