@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo demo-transformers bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ comma := ,
 demo: setup
 	HF_HUB_OFFLINE=$(if $(findstring $(comma),$(DATA)),0,1) $(BIN)/python -m hf_gpt.demo \
 		$(if $(DATA),--data "$(DATA)",) $(DEMO_ARGS)
+
+# The lecture's other two Transformers from the same blocks: BERT (masked LM) vs GPT, and an EN→KO encoder-decoder.
+demo-transformers: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m hf_gpt.demo_transformers $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python bench/model_bench.py

@@ -1,6 +1,6 @@
 """The `hf-gpt` command line: `hf-gpt tokenizer train`, `hf-gpt generate`, `hf-gpt chat`, `hf-gpt push`, `hf-gpt serve`,
-and the training recipes `hf-gpt pretrain|sft|reward|ppo|grpo|rloo|dpo` (the same as `python recipes/<stage>.py`, for
-an installed package without the repository)."""
+and the training recipes `hf-gpt pretrain|sft|reward|ppo|grpo|rloo|dpo|mlm|classify|translate` (the same as
+`python recipes/<stage>.py`, for an installed package without the repository)."""
 
 import argparse
 import sys

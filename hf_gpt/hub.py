@@ -25,7 +25,8 @@ STAGES = ("base", "sft", "reward", "ppo")
 KNOWN_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "modeling_hf_gpt.py", "configuration_hf_gpt.py",
-               "training_summary.json", "reward_metrics.json", "samples.md", "curves.png", "ppo_curves.png")
+               "training_summary.json", "reward_metrics.json", "samples.md", "held_out_translations.jsonl",
+               "curves.png", "ppo_curves.png")
 SHARDS = "model-*-of-*.safetensors"
 SUBFOLDERS = ("value_model", "merged")  # PPO's value model, SFT's LoRA-merged model: saved folders themselves
 METRICS = {  # stage → (summary key, metric type, metric name)
@@ -36,7 +37,13 @@ METRICS = {  # stage → (summary key, metric type, metric name)
     "grpo": ("reward", "reward", "mean reward (last logged step)"),
     "rloo": ("reward", "reward", "mean reward (last logged step)"),
     "dpo": ("loss", "loss", "DPO loss (last logged step)"),
+    "mlm": ("eval_masked_accuracy", "accuracy", "held-out masked-token accuracy"),
+    "classifier": ("accuracy", "accuracy", "held-out accuracy"),
+    "seq2seq": ("held_out_chrf", "chrf", "held-out chrF"),
 }
+# The Hub's task of each stage (text-generation unless named here).
+PIPELINE_TAGS = {"reward": "text-classification", "classifier": "text-classification", "mlm": "fill-mask",
+                 "seq2seq": "translation"}
 ALIGNED = {"grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}  # TRL's methods: one card template for the three
 
 
@@ -53,7 +60,8 @@ def read_summary(folder: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     config = json.loads((folder / "config.json").read_text())
-    stage = "reward" if any("SequenceClassification" in a for a in config.get("architectures", [])) else "base"
+    kinds = {"SequenceClassification": "reward", "MaskedLM": "mlm", "ConditionalGeneration": "seq2seq"}
+    stage = next((s for k, s in kinds.items() if any(k in a for a in config.get("architectures") or [])), "base")
     return {"stage": "ppo" if (folder / "value_model").is_dir() else stage, "metrics": {}}
 
 
@@ -70,13 +78,14 @@ def render_card(folder: str | Path, repo_id: str) -> str:
     hub_datasets = [d for d in ([data] if isinstance(data, str) else data or []) if _is_hub_id(d)]
     eval_results = None
     if isinstance(value, (int, float)):
-        eval_results = [EvalResult(task_type="text-generation", dataset_type=hub_datasets[0] if hub_datasets else
-                                   "local", dataset_name=hub_datasets[0] if hub_datasets else "held-out split",
+        eval_results = [EvalResult(task_type=PIPELINE_TAGS.get(stage, "text-generation"),
+                                   dataset_type=hub_datasets[0] if hub_datasets else "local",
+                                   dataset_name=hub_datasets[0] if hub_datasets else "held-out split",
                                    metric_type=metric_type, metric_name=metric_name, metric_value=float(value))]
     base_model = summary.get("base_model")
     card_data = ModelCardData(
-        library_name="transformers", license="apache-2.0", pipeline_tag="text-generation" if stage != "reward"
-        else "text-classification", tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
+        library_name="transformers", license="apache-2.0", pipeline_tag=PIPELINE_TAGS.get(stage, "text-generation"),
+        tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
         base_model=base_model if base_model and _is_hub_id(base_model) else None, model_name=repo_id,
         eval_results=eval_results)
     env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: (files(TEMPLATES) / name).read_text("utf-8")),

@@ -29,6 +29,10 @@ RECIPES = {
     "grpo": ("hf_gpt.alternatives", "GRPORecipeConfig", "grpo"),
     "rloo": ("hf_gpt.alternatives", "RLOORecipeConfig", "rloo"),
     "dpo": ("hf_gpt.alternatives", "DPORecipeConfig", "dpo"),
+    # The lecture's other two Transformers: BERT (masked LM, then classification) and the encoder-decoder.
+    "mlm": ("hf_gpt.mlm", "MlmConfig", "pretrain_mlm"),
+    "classify": ("hf_gpt.mlm", "ClassifyConfig", "train_classifier"),
+    "translate": ("hf_gpt.seq2seq", "TranslateConfig", "train_translation"),
 }
 
 

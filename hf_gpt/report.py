@@ -334,3 +334,100 @@ occurs twice in the data can be on both sides), greedy replies:
     path = out / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# ------------------------------------------------------------------ the three Transformers (`make demo-transformers`)
+
+CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans KR", "NanumGothic", "Malgun Gothic", "AppleGothic", "UnDotum")
+
+
+def korean_font() -> str | None:
+    """A font that draws Hangul, if this machine has one (matplotlib ships none)."""
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in names), None)
+
+
+def plot_cross_attention(model, tokenizer, source: str, path: Path, layer: int = -1) -> tuple[Path, list[str]]:
+    """The translation's cross-attention, softmax(QKᵀ/√d_k) with Q from the target and K from the source (one layer,
+    mean over heads): which source token each target token reads, Bahdanau et al.'s alignment picture. Without a
+    Hangul font the target axis shows token numbers; the returned list gives their text."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    ids = tokenizer(source, return_tensors="pt").input_ids.to(model.device)
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, max_new_tokens=48, do_sample=False)
+        weights = model(input_ids=ids, decoder_input_ids=generated[:, :-1], output_attentions=True
+                        ).cross_attentions[layer][0].mean(0).float().cpu()  # (T, L)
+    model.set_attn_implementation(previous)
+    source_tokens = [tokenizer.decode([t]) for t in ids[0]]
+    target_tokens = [tokenizer.decode([t]) for t in generated[0, 1:]]  # what each row produced
+    font = korean_font()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
+    labels = target_tokens if font else [str(i) for i in range(len(target_tokens))]
+    ax.set_yticks(range(len(labels)), labels, fontsize=8, **({"fontname": font} if font else {}))
+    ax.set_xlabel("source token (encoder, K/V)")
+    ax.set_ylabel("target token produced (decoder, Q)")
+    ax.set_title(f"Cross-attention, decoder layer {layer % model.config.num_hidden_layers}, mean over heads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path, target_tokens
+
+
+def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
+    """runs/transformers/report.md: the GPT vs BERT slide, the translation model, the lecture's shapes table."""
+    gpt, bert, slide, tr = metrics["gpt"], metrics["bert"], metrics["slide"], metrics["translate"]
+    shapes = [{**r, "shape": "(" + ", ".join(map(str, r["shape"])) + ")"} for r in tr["shapes"]]
+    example = tr["shapes_example"]
+    targets = tr.get("cross_attention_tokens", [])
+    lines = [
+        "# The lecture's three Transformers, from the same blocks",
+        "",
+        "GPT (decoder: masked self-attention), BERT (encoder: bidirectional self-attention, masked LM) and the "
+        "encoder-decoder (self-attention, masked self-attention, cross-attention), trained on the demo world.",
+        "",
+        "## GPT vs BERT: fill the blank",
+        "",
+        f"Same text, tokenizer and size. GPT: validation bits per byte {_fmt(gpt.get('val_bpb'))}. "
+        f"BERT: masked-token accuracy {_fmt(bert.get('eval_masked_accuracy'))} on held-out text.",
+        "The blanked word is fixed by the words after it. GPT can only continue from the left (greedy, as many "
+        "tokens as the word has); BERT reads both sides (one [MASK] per token of the word). Share of blanks filled "
+        "exactly, every token right:",
+        "",
+        markdown_table(slide["accuracy"]),
+        "",
+        markdown_table(slide["examples"]),
+        "",
+        "## Encoder-decoder: English → Korean",
+        "",
+        f"Trained on {tr['train_pairs']} sentence pairs of the world; {tr['held_out_pairs']} held-out sentences "
+        "(statements about the held-out countries and sums) were never trained on, though each of their words was. "
+        f"Held-out exact match **{_fmt(tr['held_out_exact_match'])}**, chrF **{tr['held_out_chrf']:.1f}**; exact "
+        f"match on training sentences {_fmt(tr['seen_exact_match'])}.",
+        "",
+        markdown_table(tr["by_kind"]),
+        "",
+        "A held-out sentence is translated right when the decoder composes it from trained parts (the pattern, and "
+        "each word's translation, which the cross-attention looks up in the source); it fails where the decoder "
+        "writes a word it memorised in that pattern instead of the one the source names.",
+        "",
+        markdown_table([{k: r[k] for k in ("source", "target", "translation")} for r in tr["samples"]]),
+        "",
+        "![cross-attention](cross_attention.png)",
+        "",
+        *([f"Target tokens (rows): {', '.join(f'{i}: {t!r}' for i, t in enumerate(targets))}", ""] if targets else []),
+        "## The lecture's shapes, read from real tensors",
+        "",
+        f"Source {example['source']!r} (L tokens) → target {example['target']!r} (T tokens, with the start token); "
+        "first blocks, batch dimension dropped.",
+        "",
+        markdown_table(shapes),
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
