@@ -5,9 +5,13 @@ resolve (HEAD/GET) and YAML validation. Standard library only."""
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 TOKEN = "hf_test_token_not_real"
@@ -183,3 +187,18 @@ def start(upload_mode: str = "regular") -> tuple[ThreadingHTTPServer, Hub, str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, hub, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def hub_env(url: str, tmp_path: Path, token: str | None = TOKEN) -> dict:
+    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+           "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "home"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("HF_TOKEN", None)
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def push_cli(folder: Path, repo: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_gpt.cli", "push", str(folder), repo, *extra], env=env,
+                          capture_output=True, text=True, timeout=300)

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import TOKEN, start
+from hub_server import TOKEN, hub_env, push_cli, start
 from huggingface_hub import ModelCard
 
 from hf_gpt import HfGptForCausalLM
@@ -36,21 +35,6 @@ DOWNLOAD_AND_LOAD = textwrap.dedent("""
     print("RESULT " + json.dumps({"hashes": hashes, "logits": logits[0, -1, :5].tolist(), "generated": out[0].tolist(),
                                   "module": type(model).__module__}))
 """)
-
-
-def hub_env(url: str, tmp_path: Path, token: str | None = TOKEN) -> dict:
-    env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-           "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "home"),
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("HF_TOKEN", None)
-    if token is not None:
-        env["HF_TOKEN"] = token
-    return env
-
-
-def push_cli(folder: Path, repo: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_gpt.cli", "push", str(folder), repo, *extra], env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ added, in a sandbox laid out as the repository (recipes/, runs/, ../shared/data)
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from hf_gpt.demo import Pipeline, Scale
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -27,6 +26,7 @@ NOT_RUN = {
     "korean-gpu": "downloads its corpus from the Hub (no network here)",
     "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_gpu.py runs the same code tiny on the CPU)",
     "make demo DATA=": "downloads its three data sets from the Hub (no network here)",
+    "make demo-transformers": "the demo itself (tests/test_encoders_training.py runs its pipeline)",
 }
 MICRO = {  # stage → the overrides that shrink a run
     "pretrain": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"],
@@ -35,6 +35,8 @@ MICRO = {  # stage → the overrides that shrink a run
     "ppo": ["--max_steps", "1", "--max_rows", "16", "--per_device_train_batch_size", "4", "--response_length", "4"],
     "grpo": ["--max_steps", "1", "--max_rows", "8"], "rloo": ["--max_steps", "1", "--max_rows", "8"],
     "dpo": ["--max_steps", "1", "--max_rows", "8"],
+    "mlm": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"],
+    "classify": ["--max_steps", "2"], "translate": ["--max_steps", "2"],
 }
 
 
@@ -58,8 +60,9 @@ def test_the_readmes_have_commands():
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory) -> Path:
-    """repo/ (recipes → the real ones, runs/world from a micro demo run) beside shared/ (→ the real ../shared)."""
+def sandbox(tmp_path_factory, demo_run) -> Path:
+    """repo/ (recipes → the real ones, runs/world: a copy of the session's CI-scale demo run, which the README's
+    commands only read) beside shared/ (→ the real ../shared)."""
     top = tmp_path_factory.mktemp("readme")
     repo = top / "repo"
     repo.mkdir()
@@ -67,9 +70,7 @@ def sandbox(tmp_path_factory) -> Path:
     if SHARED.is_dir():
         (top / "shared").symlink_to(SHARED)
     (repo / "corpus.txt").write_text("The capital of Korea is Seoul. 대한민국의 수도는 서울입니다.\n" * 200)
-    scale = Scale(documents=300, pretrain_steps=5, sft_rows=64, sft_steps=2, preference_rows=64, reward_steps=2,
-                  ppo_steps=2, eval_rows=4, width=32, layers=1, ppo_needs_reward_model=False)  # a 2-step RM is noise
-    Pipeline(repo / "runs" / "world", "world", scale, fresh=False).run()
+    shutil.copytree(demo_run[0], repo / "runs" / "world", ignore=shutil.ignore_patterns("checkpoint-*"))
     return repo
 
 
