@@ -254,6 +254,7 @@ REMOTE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess
 def test_encoder_and_seq2seq_load_as_remote_code(tmp_path, tiny_config):
     bert, model = encoder(tiny_config), seq2seq(tiny_config)
     bert.save_pretrained(tmp_path / "bert")
