@@ -24,7 +24,7 @@ from .demo import Pipeline, common_args
 from .hub import read_summary
 from .mlm import MlmConfig, pretrain_mlm
 from .pretrain import PretrainConfig, pretrain
-from .report import plot_cross_attention, write_transformers_report
+from .report import plot_attention, plot_cross_attention, write_transformers_report
 from .seq2seq import TranslateConfig, exact_match, lecture_shapes, train_translation, translate, translation_pairs
 
 
@@ -49,6 +49,7 @@ SCALES = {"demo": Scale(),
 
 
 FIRST_SENTENCE = "1 plus 1 is 2."  # says nothing about the blank; puts it mid-document, as in the training text
+ATTENTION_SENTENCE = "The capital of France is Paris. 3 plus 4 is 7."
 
 
 def blanks() -> list[dict]:
@@ -120,6 +121,10 @@ def slide_stage(out: Path) -> dict:
     gpt = AutoModelForCausalLM.from_pretrained(out / "gpt").eval()
     bert = AutoModelForMaskedLM.from_pretrained(out / "bert").eval()
     accuracy, examples = fill_blank_accuracy(gpt, bert, tokenizer)
+    with torch.no_grad():
+        for name, model in (("GPT", gpt), ("BERT", bert)):
+            path = out / f"{name.lower()}_attention.png"
+            plot_attention(model, tokenizer, ATTENTION_SENTENCE, path, name=f"{name}: ")
     return {"accuracy": accuracy, "examples": examples}
 
 

@@ -27,8 +27,9 @@ def plot_position_encoding(path: Path, length: int = 64, dim: int = 128, base: f
 
 
 @torch.no_grad()
-def plot_attention(model, tokenizer, text: str, path: Path, layer: int = -1) -> Path:
-    """softmax(QKᵀ/√d_k) of one layer (eager attention), averaged over heads: masked, so upper triangle is 0."""
+def plot_attention(model, tokenizer, text: str, path: Path, layer: int = -1, name: str = "") -> Path:
+    """softmax(QKᵀ/√d_k) of one layer (eager attention), averaged over heads: a causal model's upper triangle is 0
+    (masked), an encoder's is not (bidirectional)."""
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
@@ -39,7 +40,7 @@ def plot_attention(model, tokenizer, text: str, path: Path, layer: int = -1) -> 
     ax.imshow(weights.numpy(), cmap="viridis")
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-    ax.set_title(f"Attention, layer {layer % model.config.num_hidden_layers}, mean over heads")
+    ax.set_title(f"{name}Attention, layer {layer % model.config.num_hidden_layers}, mean over heads")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -401,6 +402,11 @@ def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
         markdown_table(slide["accuracy"]),
         "",
         markdown_table(slide["examples"]),
+        "",
+        "Where each model looks (last block, mean over heads): GPT's masked self-attention leaves the upper triangle "
+        "empty, every token reads only the past; BERT's rows run across the whole sentence.",
+        "",
+        "![GPT attention](gpt_attention.png) ![BERT attention](bert_attention.png)",
         "",
         "## Encoder-decoder: English → Korean",
         "",

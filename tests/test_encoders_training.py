@@ -27,7 +27,8 @@ def test_transformers_demo_runs_reports_and_reuses_its_stages(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     for heading in ("GPT vs BERT: fill the blank", "Encoder-decoder: English → Korean", "The lecture's shapes"):
         assert heading in report
-    assert (tmp_path / "cross_attention.png").stat().st_size > 5000
+    for picture in ("cross_attention", "gpt_attention", "bert_attention"):
+        assert (tmp_path / f"{picture}.png").stat().st_size > 5000, picture
     shapes = {r["lecture"]: r["shape"] for r in metrics["translate"]["shapes"]}
     assert shapes["(h, T, L)"][1:] == (shapes["(h, T, T)"][1], shapes["(h, L, L)"][1])
     assert {r["blank"] for r in metrics["slide"]["accuracy"]} == {"capital (en)", "capital (ko)", "sum"}
