@@ -393,6 +393,10 @@ def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
         "",
         "## GPT vs BERT: fill the blank",
         "",
+        "The lecture's slide: in \"어제 카페 갔었어 [MASK] 사람 많더라\" GPT can only continue \"어제 카페 갔었어\", "
+        "while BERT fills the blank from both sides. The same contrast, measured on the world's sentences, whose "
+        "blanks have one right answer:",
+        "",
         f"Same text, tokenizer and size. GPT: validation bits per byte {_fmt(gpt.get('val_bpb'))}. "
         f"BERT: masked-token accuracy {_fmt(bert.get('eval_masked_accuracy'))} on held-out text.",
         "The blanked word is fixed by the words after it. GPT can only continue from the left (greedy, as many "

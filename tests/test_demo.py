@@ -26,8 +26,9 @@ def test_each_stage_moves_the_right_way(run):
     base, after_sft = m["sft"]["accuracy"]["base"], m["sft"]["accuracy"]["sft"]
     after_ppo = m["ppo"]["accuracy"]["ppo"]
     # SFT teaches the chat format: answers stop at eos, and training questions are answered.
-    # Measured at this scale (seed 0): seen exact 0.00 → 0.19 → 0.33, one sentence 0.65 → 0.98 after PPO,
-    # held-out exact 0.02 (the base model completes 0.21 of the held-out facts as plain text).
+    # Measured at this scale (seed 0): seen exact 0.00 → 0.21 → 0.29, one sentence 0.56 → 1.00 after PPO,
+    # held-out exact 0.02 → 0.04 (the base model completes 0.27 of the held-out facts as plain text); RM 0.84;
+    # PPO score −1.04 → −0.21, KL ≤ 0.42.
     assert after_sft["seen"]["stops_at_eos"] >= 0.95 and after_sft["held_out"]["stops_at_eos"] >= 0.95
     assert after_sft["seen"]["exact"] > base["seen"]["exact"] + 0.1
     assert after_sft["held_out"]["exact"] <= after_sft["seen"]["exact"]  # the gap between recited and new questions
@@ -168,7 +169,7 @@ def test_final_model_answers_without_the_training_system_prompt(run, serve):
         replies = [client.chat.completions.create(model=str(out / "ppo"), messages=world.chat_prompt(
             q["prompt"], system), temperature=0, max_tokens=32).choices[0].message.content.strip() for q in questions]
         in_form = [bool(re.fullmatch(ANSWER_FORMS[q["kind"], q["language"]], r)) for q, r in zip(questions, replies)]
-        # At this scale (seed 0): 12, 12, 12 and 11 of 12 in form; exact 0.50 / 0.67 / 0.58 / 0.42.
+        # Passed at this scale (seed 0); the in-form share and exact figures move with the scale (see the report).
         assert sum(in_form) >= 0.75 * len(questions), (name, replies)
         right[name] = sum(r == q["answer"] for q, r in zip(questions, replies)) / len(questions)
     assert right["none"] >= right["training"] - 0.25, right
