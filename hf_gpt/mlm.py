@@ -31,7 +31,7 @@ from .data import build_lm_datasets, load_documents, load_rows
 from .hub import write_summary
 from .modeling_hf_gpt import HfGptForMaskedLM
 from .pretrain import PretrainConfig, load_or_train_tokenizer
-from .recipe_utils import RecipeFields, final_evaluation, prepare_output_dir, run_record
+from .recipe_utils import RecipeFields, final_evaluation, load_stage, prepare_output_dir, run_record
 from .throughput import ThroughputMixin
 from .tokenizer import special_token_ids
 
@@ -179,8 +179,6 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 def train_classifier(args: ClassifyConfig, resume_from_checkpoint: str | bool | None = None) -> EncoderTrainer:
     """Fine-tune on the training split, report held-out accuracy next to the majority-label baseline."""
-    from .recipe_utils import load_stage
-
     resume = prepare_output_dir(args, "classification", run_record(args, "label_column", "group_column"),
                                 resume_from_checkpoint)
     set_seed(args.seed)

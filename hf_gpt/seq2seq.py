@@ -6,16 +6,15 @@ self-attention and, in every block, cross-attention to the encoder's output (Q f
 source). The lecture's data shapes are read from real tensors by `lecture_shapes`.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, load_dataset
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from .configuration_hf_gpt import HfGptConfig
-from .data import write_jsonl
+from .data import check_text_file, write_jsonl
 from .hub import write_summary
 from .modeling_hf_gpt import HfGptForConditionalGeneration
 from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu, prepare_output_dir, run_record
@@ -173,12 +172,14 @@ class TranslateConfig(Seq2SeqTrainingArguments):
 def _rows(files: list[str] | None, default: str, args: TranslateConfig) -> list[dict]:
     if not files:
         return translation_pairs(default)
-    rows = [json.loads(line) for path in files for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+    for path in files:  # one line naming the file and line of bad JSON, before `datasets` reads it
+        check_text_file(Path(path))
+    rows = load_dataset("json", data_files=list(files), split="train")
     for column in (args.source_column, args.target_column):
-        if rows and column not in rows[0]:
-            raise ValueError(f"{files[0]} has no column {column!r} (it has {sorted(rows[0])}): set source_column / "
+        if column not in rows.column_names:
+            raise ValueError(f"{files[0]} has no column {column!r} (it has {rows.column_names}): set source_column / "
                              "target_column.")
-    return [{"source": r[args.source_column], "target": r[args.target_column]} for r in rows]
+    return [{"source": s, "target": t} for s, t in zip(rows[args.source_column], rows[args.target_column])]
 
 
 def build_translation_model(args: TranslateConfig, tokenizer) -> HfGptForConditionalGeneration:
