@@ -3,6 +3,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs in pytest-xdist workers, one per core: each worker (and every process it starts, through
+# OMP_NUM_THREADS) gets an equal share of the cores instead of all of them fighting over every core.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -37,6 +42,15 @@ def _tiny_config(**overrides) -> HfGptConfig:
 def _tiny_model(**overrides) -> HfGptForCausalLM:
     torch.manual_seed(0)
     return HfGptForCausalLM(_tiny_config(**overrides)).eval()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of the session's CI-scale demo run lands in one xdist worker (`--dist loadgroup`), which trains it
+    once; the other tests spread over the other workers."""
+    for item in items:
+        if "demo_run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("demo"))
 
 
 @pytest.fixture(scope="session")

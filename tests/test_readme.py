@@ -60,9 +60,8 @@ def test_the_readmes_have_commands():
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, demo_run) -> Path:
-    """repo/ (recipes → the real ones, runs/world: a copy of the session's CI-scale demo run, which the README's
-    commands only read) beside shared/ (→ the real ../shared)."""
+def sandbox(tmp_path_factory) -> Path:
+    """repo/ (recipes → the real ones) beside shared/ (→ the real ../shared)."""
     top = tmp_path_factory.mktemp("readme")
     repo = top / "repo"
     repo.mkdir()
@@ -70,8 +69,14 @@ def sandbox(tmp_path_factory, demo_run) -> Path:
     if SHARED.is_dir():
         (top / "shared").symlink_to(SHARED)
     (repo / "corpus.txt").write_text("The capital of Korea is Seoul. 대한민국의 수도는 서울입니다.\n" * 200)
-    shutil.copytree(demo_run[0], repo / "runs" / "world", ignore=shutil.ignore_patterns("checkpoint-*"))
     return repo
+
+
+@pytest.fixture(scope="module")
+def world_run(sandbox, demo_run) -> Path:
+    """runs/world in the sandbox: a copy of the session's CI-scale demo run, which the README's commands only read."""
+    shutil.copytree(demo_run[0], sandbox / "runs" / "world", ignore=shutil.ignore_patterns("checkpoint-*"))
+    return sandbox / "runs" / "world"
 
 
 def shell(command: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
@@ -86,13 +91,29 @@ def stage_of(command: str) -> str | None:
     return match.group(1) if match else None
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs_as_written(command, sandbox):
+# Commands that read another command's run folder (by their presets' output_dir) share a pytest-xdist group, so that
+# they run in one worker, in README order; those reading runs/world join the demo's group, which trains it once.
+CHAINS = {"demo": ("runs/world",), "readme-english": ("tinystories", "self_instruct", "hh_rlhf"),
+          "readme-nsmc": ("nsmc",)}
+
+
+def grouped(commands: list[str]) -> list:
+    params = []
+    for command in commands:
+        group = next((name for name, keys in CHAINS.items() if any(key in command for key in keys)), None)
+        params.append(pytest.param(command, marks=[pytest.mark.xdist_group(group)] if group else []))
+    return params
+
+
+@pytest.mark.parametrize("command", grouped(readme_commands()))
+def test_readme_command_runs_as_written(command, sandbox, request):
     reason = next((why for key, why in NOT_RUN.items() if command.startswith(key) or key in command), None)
     if reason:
         pytest.skip(reason)
     if "--config" in command and not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: the presets read the real data sets there")
+    if "runs/world" in command:
+        request.getfixturevalue("world_run")
     if command.startswith("hf-gpt serve"):
         return serve_and_stop(command, sandbox)
     micro = MICRO.get(stage_of(command), [])
