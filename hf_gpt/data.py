@@ -113,13 +113,15 @@ def pack_into_blocks(token_lists: Iterable[list[int]], block_size: int, eos_toke
     for ids in token_lists:
         buffer.extend(ids)
         buffer.append(eos_token_id)
-        while len(buffer) >= block_size:
-            yield buffer[:block_size]
-            buffer = buffer[block_size:]
+        full = len(buffer) - len(buffer) % block_size
+        for start in range(0, full, block_size):
+            yield buffer[start:start + block_size]
+        del buffer[:full]  # once per document: cutting block by block re-copies a long document's tail each time
 
 
 def _blocks(dataset: Dataset | IterableDataset, block_size: int, eos_token_id: int) -> Iterator[dict]:
-    for block in pack_into_blocks((row["input_ids"] for row in dataset), block_size, eos_token_id):
+    documents = (ids for batch in dataset.iter(batch_size=1024) for ids in batch["input_ids"])  # not row by row
+    for block in pack_into_blocks(documents, block_size, eos_token_id):
         yield {"input_ids": block}
 
 
