@@ -13,6 +13,7 @@ Decoding: batch-64 greedy generate with the KV cache, tokens/s, hf-gpt vs GPT2LM
 """
 
 import argparse
+import math
 import statistics
 import time
 from types import SimpleNamespace
@@ -75,6 +76,12 @@ class PlainGPT(nn.Module):
         self.embed_tokens, self.embed_positions = nn.Embedding(vocab, d), nn.Embedding(context, d)
         self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d)
+        for name, p in self.named_parameters():  # nanoGPT's init: N(0, 0.02), residual projections / sqrt(2L)
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(ids) + self.embed_positions(torch.arange(ids.shape[1], device=ids.device))

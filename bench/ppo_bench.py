@@ -1,7 +1,7 @@
 """Our PPO vs the last TRL release that had a PPOTrainer (trl==1.12.0, `trl.experimental.ppo`), same models, data,
 batch sizes and steps (a benchmark, not a test).
 
-    python bench/ppo_bench.py [--steps 20]
+    python bench/ppo_bench.py [--steps 20 60]
 
 It builds the policy (SFT), reward and value models on the demo's world at CI scale (reused if present), then runs
   - ours: `hf_gpt.ppo.PPOTrainer` in this interpreter;
@@ -81,52 +81,83 @@ def summary(scores: list[float], kl: list[float]) -> tuple[float, float]:
     return sum(scores[-k:]) / k - sum(scores[:k]) / k, kl[-1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
-    args = parser.parse_args()
-    python = ensure_venv()
-    sft, rm = models(args.output_dir)
+def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
+    """The demo's PPO prompts (seen subjects, system prompt varied or absent), and the same as chat messages in a
+    JSONL file for the TRL run."""
+    from hf_gpt import world
+    from hf_gpt.ppo import to_messages
 
+    rows = world.ppo_prompts(BATCH * steps)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts_file = out / f"bench_prompts_{steps}.jsonl"
+    prompts_file.write_text("".join(json.dumps(to_messages(r["prompt"], None)) + "\n" for r in rows))
+    return rows, prompts_file
+
+
+def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path) -> dict:
+    """hf_gpt's PPOTrainer in this interpreter: seconds, and RM score and KL per step."""
     from datasets import Dataset
 
-    from hf_gpt import world
-    from hf_gpt.ppo import PPOConfig, PPOTrainer, load_ppo_models, to_messages
+    from hf_gpt.ppo import PPOConfig, PPOTrainer, load_ppo_models
 
-    rows = [{"prompt": r["prompt"]} for r in world.eval_rows(BATCH * args.steps, seed=4)]
-    prompts_file = args.output_dir / "bench_prompts.jsonl"
-    prompts_file.write_text("".join(json.dumps(to_messages(r["prompt"], world.SYSTEM_PROMPT)) + "\n" for r in rows))
-
-    config = PPOConfig(output_dir=str(args.output_dir / "ours"), model_name_or_path=str(sft),
-                       reward_model_path=str(rm), per_device_train_batch_size=BATCH, response_length=RESPONSE,
-                       num_ppo_epochs=EPOCHS, learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE,
-                       max_steps=args.steps, save_steps=0, sample_every=0, system_prompt=world.SYSTEM_PROMPT,
-                       logging_steps=1000, report_to="none", seed=0)
+    config = PPOConfig(output_dir=str(out), model_name_or_path=str(sft), reward_model_path=str(rm),
+                       per_device_train_batch_size=BATCH, response_length=RESPONSE, num_ppo_epochs=EPOCHS,
+                       learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE, max_steps=steps, save_steps=0,
+                       sample_every=0, logging_steps=1000, report_to="none", seed=0)
     tokenizer, policy, ref, reward, value = load_ppo_models(config)
     trainer = PPOTrainer(config, policy, ref, value, tokenizer, Dataset.from_list(rows), reward_model=reward)
     start = time.perf_counter()
     history = trainer.train()
-    ours_seconds = time.perf_counter() - start
-    ours_gain, ours_kl = summary([h["objective/scores"] for h in history], [h["objective/kl"] for h in history])
+    return {"seconds": time.perf_counter() - start, "scores": [h["objective/scores"] for h in history],
+            "kl": [h["objective/kl"] for h in history]}
 
-    script = args.output_dir / "trl112_ppo.py"
+
+def run_trl(python: Path, sft: Path, rm: Path, prompts_file: Path, steps: int, out: Path) -> dict:
+    """TRL 1.12's PPOTrainer in its own venv, on the same prompts: seconds, and RM score and KL per step."""
+    script = out.parent / "trl112_ppo.py"
     script.write_text(TRL_SCRIPT)
-    result = subprocess.run([str(python), str(script), str(sft), str(rm), str(prompts_file),
-                             str(args.output_dir / "trl"), str(args.steps), str(BATCH), str(RESPONSE), str(EPOCHS),
-                             str(LR), str(KL), str(TEMPERATURE)], capture_output=True, text=True,
+    result = subprocess.run([str(python), str(script), str(sft), str(rm), str(prompts_file), str(out), str(steps),
+                             str(BATCH), str(RESPONSE), str(EPOCHS), str(LR), str(KL), str(TEMPERATURE)],
+                            capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         sys.exit(f"TRL 1.12 run failed:\n{result.stderr[-4000:]}")
-    trl = json.loads(lines[-1][7:])
-    trl_gain, trl_kl = summary(trl["scores"], trl["kl"])
-    print(f"\n{args.steps} PPO steps, {BATCH} rollouts each, {RESPONSE} new tokens, {EPOCHS} PPO epochs\n")
-    print("| trainer | s / PPO step | RM score gain | final KL |")
-    print("|---|---:|---:|---:|")
-    print(f"| hf_gpt PPOTrainer | {ours_seconds / args.steps:.2f} | {ours_gain:+.3f} | {ours_kl:.3f} |")
-    print(f"| TRL 1.12 PPOTrainer | {trl['seconds'] / args.steps:.2f} | {trl_gain:+.3f} | {trl_kl:.3f} |")
-    print(f"\nstep-time ratio (ours / TRL): {ours_seconds / trl['seconds']:.2f}x (target <= 1.0x)")
+    return json.loads(lines[-1][7:])
+
+
+def table(results: dict[int, dict[str, dict]]) -> str:
+    """{steps: {trainer: run}} as the markdown table README quotes, with the step-time ratios."""
+    lines = ["| steps | trainer | s / PPO step | RM score gain (first → last quarter) | final KL (k1) |",
+             "|---:|---|---:|---:|---:|"]
+    ratios = []
+    for steps, runs in results.items():
+        for name, run in runs.items():
+            gain, kl = summary(run["scores"], run["kl"])
+            lines.append(f"| {steps} | {name} | {run['seconds'] / steps:.2f} | {gain:+.3f} | {kl:.3f} |")
+        if len(runs) == 2:
+            ours, trl = runs.values()
+            ratios.append(f"{steps} steps {ours['seconds'] / trl['seconds']:.2f}x")
+    if ratios:
+        lines.append(f"\nstep-time ratio (ours / TRL): {', '.join(ratios)} (target <= 1.0x)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="+", default=[20])
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
+    args = parser.parse_args()
+    python = ensure_venv()
+    sft, rm = models(args.output_dir)
+    results = {}
+    for steps in args.steps:
+        rows, prompts_file = write_prompts(steps, args.output_dir)
+        results[steps] = {
+            "hf_gpt `PPOTrainer`": run_ours(sft, rm, rows, steps, args.output_dir / f"ours-{steps}"),
+            "TRL 1.12 `PPOTrainer`": run_trl(python, sft, rm, prompts_file, steps, args.output_dir / f"trl-{steps}")}
+    print(f"\n{BATCH} rollouts per step, {RESPONSE} new tokens, {EPOCHS} PPO epochs, lr {LR}, beta {KL}\n")
+    print(table(results))
 
 
 if __name__ == "__main__":
