@@ -27,10 +27,10 @@ from transformers import (
 )
 
 from .configuration_hf_gpt import HfGptConfig
-from .data import build_lm_datasets, load_documents, load_rows
+from .data import load_rows
 from .hub import write_summary
 from .modeling_hf_gpt import HfGptForMaskedLM
-from .pretrain import PretrainConfig, load_or_train_tokenizer
+from .pretrain import PretrainConfig, load_corpus
 from .recipe_utils import RecipeFields, final_evaluation, load_stage, prepare_output_dir, run_record
 from .throughput import ThroughputMixin
 from .tokenizer import special_token_ids
@@ -89,13 +89,8 @@ def pretrain_mlm(args: MlmConfig, resume_from_checkpoint: str | bool | None = No
                                                                           "n_layer", "n_head", "n_embd"),
                                 resume_from_checkpoint)
     set_seed(args.seed)
-    raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
-    tokenizer = load_or_train_tokenizer(args, raw)
+    tokenizer, train, validation = load_corpus(args)
     model = build_encoder(args, tokenizer)
-    with args.main_process_first(desc="tokenize and pack"):
-        train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
-                                              args.validation_fraction,
-                                              stream_validation_documents=args.stream_validation_documents)
     trainer = EncoderTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability,

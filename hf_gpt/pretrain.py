@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -276,18 +276,25 @@ def pretrain_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
+def load_corpus(args: PretrainConfig) -> tuple[PreTrainedTokenizerBase, Dataset | IterableDataset, Dataset | None]:
+    """The raw text's tokenizer (loaded, or trained on it) and its packed train and validation blocks: the data of
+    GPT pretraining and of BERT's masked-LM pretraining alike."""
+    raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
+    tokenizer = load_or_train_tokenizer(args, raw)
+    with args.main_process_first(desc="tokenize and pack"):
+        train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
+                                              args.validation_fraction,
+                                              stream_validation_documents=args.stream_validation_documents)
+    return tokenizer, train, validation
+
+
 def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
     resume = prepare_output_dir(args, "pretraining", run_record(args, *SHAPE_FIELDS), resume_from_checkpoint)
     set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
-    raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
-    tokenizer = load_or_train_tokenizer(args, raw)
+    tokenizer, train, validation = load_corpus(args)
     model = build_model(args, tokenizer)
-    with args.main_process_first(desc="tokenize and pack"):
-        train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
-                                              args.validation_fraction,
-                                              stream_validation_documents=args.stream_validation_documents)
     trainer = PretrainTrainer(
         model=model,
         args=args,
