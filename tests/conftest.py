@@ -135,7 +135,7 @@ def serve():
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The whole pipeline on the world at CI scale (`--scale tiny`, about 4 minutes), once per session:
+    """The whole pipeline on the world at CI scale (`--scale tiny`, under 3 minutes alone), once per session:
     (its folder, its metrics)."""
     from hf_gpt.demo import SCALES, Pipeline
 

@@ -124,17 +124,26 @@ def driver_inputs(tmp_path_factory, tokenizer):
     return folder, data, folder / "tok"
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs):
+@pytest.fixture(scope="module")
+def reference_run(driver_inputs) -> Path:
+    """One process, batch 8, never interrupted: what the resumed and the two-process runs must reproduce."""
     folder, data, tok = driver_inputs
-    reference = run_driver(folder / "ref", data, tok, batch=8)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    result = run_driver(folder / "ref", data, tok, batch=8)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder / "ref"
+
+
+# Both runs compare with the one reference run: one xdist worker makes it once.
+@pytest.mark.slow
+@pytest.mark.xdist_group("pretrain-driver")
+def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs, reference_run):
+    folder, data, tok = driver_inputs
     killed = run_driver(folder / "killed", data, tok, batch=8, kill=8)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (folder / "killed" / "checkpoint-8").is_dir() and not (folder / "killed" / "checkpoint-12").exists()
     resumed = run_driver(folder / "killed", data, tok, batch=8)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    (ref_train, ref_eval), (res_train, res_eval) = losses(folder / "ref"), losses(folder / "killed")
+    (ref_train, ref_eval), (res_train, res_eval) = losses(reference_run), losses(folder / "killed")
     for step in range(9, 13):
         assert res_train[step] == pytest.approx(ref_train[step], abs=1e-6), step
     assert res_eval == pytest.approx(ref_eval, abs=1e-6)
@@ -142,22 +151,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_with_same_global_batch(driver_inputs):
+@pytest.mark.xdist_group("pretrain-driver")
+def test_two_processes_match_one_with_same_global_batch(driver_inputs, reference_run):
     folder, data, tok = driver_inputs
-    one = run_driver(folder / "one", data, tok, batch=8)
     two = run_driver(folder / "two", data, tok, batch=4, nproc=2)
-    assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("[step 12] sample") == 1  # one logging process, not two independent runs
     # Val bpb and perplexity are token-weighted over the gathered, de-duplicated eval set, so they must agree;
     # Trainer's own eval_loss averages batch means that include DDP's padding duplicates, so it drifts slightly.
-    (one_train, one_bpb), (two_train, two_bpb) = losses(folder / "one", "eval_bpb"), losses(folder / "two", "eval_bpb")
+    (one_train, one_bpb), (two_train, two_bpb) = losses(reference_run, "eval_bpb"), losses(folder / "two", "eval_bpb")
     assert one_train.keys() == two_train.keys()
     for step in one_train:
         assert two_train[step] == pytest.approx(one_train[step], abs=2e-3), step
     assert two_bpb == pytest.approx(one_bpb, rel=1e-5)
     assert losses(folder / "two", "eval_perplexity")[1] == pytest.approx(
-        losses(folder / "one", "eval_perplexity")[1], rel=1e-5)
+        losses(reference_run, "eval_perplexity")[1], rel=1e-5)
 
 
 # ------------------------------------------------------------------ bad input
