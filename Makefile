@@ -11,7 +11,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 setup: $(STAMP)
 
-# uv installs in a tenth of pip's time (~40 s in all from a fresh clone here, against pip's ~130 s); it does not read
+# uv installs in a third of pip's time (44–54 s from a fresh clone here, against pip's 132 s); it does not read
 # pip's config, so it is given pip's find-links: where this machine keeps its torch wheel.
 FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 

@@ -51,7 +51,9 @@ def run_installed(venv: Path, tmp_path: Path, *args: str, env: dict | None = Non
 
 
 def test_installed_package_runs_a_preset_and_pushes_with_its_card(wheel_venv, tmp_path):
-    where = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", "import hf_gpt; print(hf_gpt.__file__)"],
+    # Where `import hf_gpt` would load from (found, not imported: the import itself is the preset's run below).
+    where = subprocess.run([str(wheel_venv / "bin" / "python"), "-c",
+                            "import importlib.util; print(importlib.util.find_spec('hf_gpt').origin)"],
                            cwd=tmp_path, capture_output=True, text=True, check=True)
     assert str(wheel_venv) in where.stdout and str(ROOT) not in where.stdout  # the wheel, not the checkout
     text = tmp_path / "corpus.txt"
