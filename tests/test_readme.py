@@ -1,5 +1,5 @@
-"""Every command in README.md and README.ko.md runs as written, at micro scale: only `--max_steps`-style overrides are
-added, in a sandbox laid out as the repository (recipes/, runs/, ../shared/data)."""
+"""Every command in README.md and README.ko.md runs as written, at micro scale: only size overrides (`--max_steps`, row
+and batch counts) are added, in a sandbox laid out as the repository (recipes/, runs/, ../shared/data)."""
 
 import os
 import re
@@ -28,15 +28,18 @@ NOT_RUN = {
     "make demo DATA=": "downloads its three data sets from the Hub (no network here)",
     "make demo-transformers": "the demo itself (tests/test_encoders_training.py runs its pipeline)",
 }
+BATCH = ["--per_device_train_batch_size", "2"]  # a preset's first steps at its full batch cost 3-8 s more each
 MICRO = {  # stage → the overrides that shrink a run
-    "pretrain": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"],
-    "sft": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_rows", "32"],
-    "reward": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_rows", "32"],
+    "pretrain": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", *BATCH],
+    "sft": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_rows", "32", *BATCH],
+    "reward": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_rows", "32", *BATCH],
     "ppo": ["--max_steps", "1", "--max_rows", "16", "--per_device_train_batch_size", "4", "--response_length", "4"],
-    "grpo": ["--max_steps", "1", "--max_rows", "8"], "rloo": ["--max_steps", "1", "--max_rows", "8"],
-    "dpo": ["--max_steps", "1", "--max_rows", "8"],
-    "mlm": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"],
-    "classify": ["--max_steps", "2"], "translate": ["--max_steps", "2"],
+    "grpo": ["--max_steps", "1", "--max_rows", "8", "--per_device_train_batch_size", "4",  # 4 generations a prompt
+             "--max_completion_length", "8"],
+    "rloo": ["--max_steps", "1", "--max_rows", "8"],
+    "dpo": ["--max_steps", "1", "--max_rows", "8", *BATCH],
+    "mlm": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", *BATCH],
+    "classify": ["--max_steps", "2", *BATCH], "translate": ["--max_steps", "2", *BATCH],
 }
 
 
