@@ -15,6 +15,7 @@ being ASCII). Target: at equal wall time (hf-gpt's last evaluation that ended wi
 its BPE training and data preparation counted), hf-gpt's val loss <= 0.90 × the reference's.
 """
 
+import argparse
 import math
 import sys
 import time
@@ -84,11 +85,10 @@ class EvalClock(TrainerCallback):
 
 def main(argv: list[str] | None = None, reference_steps: int | None = None) -> dict:
     """Runs the reference, then the preset (flags in `argv` override it); prints the table; returns its figures."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--reference_steps" in argv:
-        i = argv.index("--reference_steps")
-        reference_steps = int(argv[i + 1])
-        del argv[i:i + 2]
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the rest go to the preset
+    own.add_argument("--reference_steps", type=int, default=reference_steps)
+    known, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    reference_steps = known.reference_steps
     argv = ["--config", "shakespeare", "--output_dir", "runs/bench-shakespeare", "--overwrite_output_dir", "true",
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *argv]
     (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain", argv=argv)
