@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup test test-fast lint demo demo-transformers bench clean
+.PHONY: setup test test-fast lint demo demo-transformers bench gpu-carry clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,18 @@ demo-transformers: setup
 
 bench: setup
 	$(BIN)/python bench/model_bench.py
+
+# For a lent GPU (bench/gpu_check.sh): the wheels its image lacks (Python 3.12, no network; it has torch, accelerate,
+# tokenizers, peft, pytest), at the versions installed here, and tinyshakespeare from ../shared if present, into the
+# git-ignored .gpu-carry/ (15 MB) that the device tool carries.
+GPU_WHEELS := transformers trl datasets dill multiprocess fsspec
+gpu-carry: setup
+	rm -rf .gpu-carry && mkdir -p .gpu-carry/wheels
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .gpu-carry/wheels $$($(BIN)/python -c "from importlib.metadata import version; \
+		print(*(f'{name}=={version(name)}' for name in '$(GPU_WHEELS)'.split()))")
+	-cp ../shared/data/tinyshakespeare/input.txt .gpu-carry/
 
 clean:
 	rm -rf runs .pytest_cache

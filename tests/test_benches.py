@@ -61,3 +61,30 @@ def test_nanogpt_reference_learns_characters():
     bench = load("pretrain_bench")
     before, after = bench.nanogpt_reference(text, steps=1), bench.nanogpt_reference(text, steps=150)
     assert before["nats_per_char"] > 2.0 and after["nats_per_char"] < 0.5 * before["nats_per_char"]
+
+
+def test_gpu_check_runs_its_steps_tiny_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh, the one script a lent GPU runs, in its CPU smoke mode: every step's command line still
+    parses and runs (the bench, the GPU tests' selection, the gpt2-small preset through the recipe), so a renamed
+    flag or test is found here, not during a 15-minute lease."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SMOKE": "1", "OUT": str(out), "WORK": str(tmp_path)}
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], cwd=BENCH.parent, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "status.txt").read_text().split("\n")[:3] == ["bench 0", "tests 0", "gpt2-small 0"]
+    assert "every requirement of hf-gpt is met" in (out / "env.txt").read_text()
+    bench = (out / "gpu_bench.txt").read_text()
+    for row in ("A hf-gpt (Trainer)", "B GPT2LMHeadModel (Trainer)", "C plain loop (nanoGPT-style)"):
+        assert f"| {row} |" in bench
+    assert "n/a (no peak)" in bench and "Decoding, batch 2, 4 new tokens" in bench
+    # The flash kernel, bf16 + fp16 pretraining on the GPU, PPO in bf16 (CPU, GPU) and fp16 (GPU): six tests.
+    assert "6/" in (out / "gpu_tests.txt").read_text()
+    log = (out / "gpt2_small.txt").read_text()
+    assert "tokens_per_second" in log and "eval_loss" in log
+    summary = json.loads((out / "gpt2_small_summary.json").read_text())
+    assert summary["throughput"]["tokens_per_second"] > 0 and summary["steps"] == 4

@@ -1,5 +1,6 @@
-"""What only a GPU can show (skipped without one): flash/memory-efficient SDPA kernels, fp16 with loss scaling,
-bf16 PPO, and the GPU bench's table. bench/gpu_check.sh runs these with the bench on a lent device."""
+"""What only a GPU can show (skipped without one): flash/memory-efficient SDPA kernels, fp16 with loss scaling and
+the GPU bench's table (PPO in bf16/fp16 on a GPU: tests/test_ppo.py). bench/gpu_check.sh runs them on a lent device;
+tests/test_benches.py runs that script tiny on the CPU."""
 
 import subprocess
 import sys
@@ -52,16 +53,3 @@ def test_gpu_bench_prints_its_table():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| A hf-gpt (Trainer) |" in result.stdout and "Decoding, batch 8" in result.stdout
 
-
-def test_gpu_bench_runs_on_the_cpu(monkeypatch, capsys, tmp_path):
-    """The same bench code, tiny and uncompiled on the CPU, so the GPU run is not its first."""
-    import runpy
-
-    monkeypatch.setattr(sys, "argv", ["gpu_bench.py", "--device", "cpu", "--tiny", "--no-compile", "--steps", "3",
-                                      "--warmup", "1", "--batch", "2", "--decode-batch", "2", "--decode-tokens", "4",
-                                      "--out", str(tmp_path)])
-    runpy.run_path(str(ROOT / "bench" / "gpu_bench.py"), run_name="__main__")
-    out = capsys.readouterr().out
-    for row in ("A hf-gpt (Trainer)", "B GPT2LMHeadModel (Trainer)", "C plain loop (nanoGPT-style)"):
-        assert f"| {row} |" in out
-    assert "n/a (no peak)" in out and "Decoding, batch 2, 4 new tokens" in out

@@ -22,6 +22,8 @@ from hf_gpt.ppo_core import (
 )
 from hf_gpt.tokenizer import special_token_ids
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
 # ------------------------------------------------------------------ the math, one function at a time
 
 
@@ -372,19 +374,25 @@ def test_optimizer_fields_reach_the_optimizer(tokenizer, tmp_path, make_models):
     assert group["betas"][0] == 0.8 and group["eps"] == 1e-6 and group["weight_decay"] == 0.01
 
 
-def test_bf16_on_cpu_runs_under_autocast(tokenizer, tmp_path, make_models):
+@pytest.mark.parametrize("device, precision", [
+    ("cpu", "bf16"),
+    pytest.param("cuda", "bf16", marks=cuda),
+    pytest.param("cuda", "fp16", marks=cuda),  # T4-class cards: loss scaling through the Accelerator
+])
+def test_mixed_precision_runs_under_autocast(device, precision, tokenizer, tmp_path, make_models):
     policy, ref, value = make_models(tokenizer)
-    trainer = PPOTrainer(ppo_args(tmp_path, bf16=True, use_cpu=True, max_steps=2, peak_tflops=0.001), policy, ref,
-                         value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a])
-    assert trainer.accelerator.mixed_precision == "bf16"
+    on_cpu = dict(use_cpu=True, peak_tflops=0.001) if device == "cpu" else {}  # a GPU's peak comes from the table
+    trainer = PPOTrainer(ppo_args(tmp_path, max_steps=2, **{precision: True}, **on_cpu), policy, ref, value, tokenizer,
+                         prompts_dataset(), reward_funcs=[contains_letter_a])
+    assert trainer.accelerator.mixed_precision == precision and trainer.accelerator.device.type == device
     seen = []
     hook = policy.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     history = trainer.train()
     hook.remove()
-    assert torch.bfloat16 in seen  # the forward passes ran in bf16
+    assert {"bf16": torch.bfloat16, "fp16": torch.float16}[precision] in seen  # the forward passes ran in it
     assert policy.lm_head.weight.dtype == torch.float32  # master weights stay fp32
     assert all(math.isfinite(h["loss/policy_avg"]) and math.isfinite(h["objective/kl"]) for h in history)
-    assert all(h["perf/mfu"] > 0 for h in history)  # MFU against the 1 TFLOPS peak given
+    assert all(h["perf/mfu"] > 0 for h in history)  # MFU against the given peak (CPU) or the GPU's from the table
 
 
 def test_activation_checkpointing_is_switched_on(tokenizer, tmp_path, make_models):
