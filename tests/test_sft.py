@@ -175,6 +175,16 @@ def test_packing_keeps_the_response_only_loss(saved_model, tokenizer, tmp_path):
     kept = [t for t in labels if t != -100]
     assert kept.count(tokenizer.eos_token_id) == ids.count(tokenizer.eos_token_id)  # every reply's eos counts
     assert tokenizer.convert_tokens_to_ids("<|user|>") not in kept  # prompts never do
+    # TRL packs padding-free (one row, position_ids restarting at 0 for each conversation): the model attends within
+    # each conversation only (create_causal_mask reads the boundaries from position_ids), on SDPA too.
+    model = trainer.model.eval()
+    positions = batch["position_ids"][0]
+    bounds = (positions == 0).nonzero().flatten().tolist() + [len(positions)]
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        apart = torch.cat([model(input_ids=batch["input_ids"][:, a:b]).logits[0] for a, b in zip(bounds, bounds[1:])])
+    assert len(bounds) > 2 and torch.allclose(packed, apart, atol=1e-5)
+    model.train()
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(math.isfinite(x) for x in losses)
