@@ -24,7 +24,7 @@ NOT_RUN = {
     "multi_gpu.yaml": "needs several GPUs",
     "gpt2-small": "downloads its corpus from the Hub (no network here)",
     "korean-gpu": "downloads its corpus from the Hub (no network here)",
-    "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_gpu.py runs the same code tiny on the CPU)",
+    "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_benches.py runs it tiny on the CPU in bench/gpu_check.sh)",
     "make demo DATA=": "downloads its three data sets from the Hub (no network here)",
     "make demo-transformers": "the demo itself (tests/test_encoders_training.py runs its pipeline)",
 }
