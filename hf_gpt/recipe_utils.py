@@ -209,7 +209,15 @@ def multi_process_on_cpu() -> bool:
     or every process silently trains alone (transformers only builds a gloo process group for use_cpu)."""
     import torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.accelerator.is_available():
+        return False
+    # On the CPU, Accelerate would quietly replace FSDP or DeepSpeed with plain data parallelism: say so instead.
+    for name in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
+            raise ValueError(f"accelerate launch asked for {'FSDP' if name == 'FSDP' else 'DeepSpeed'}, which needs "
+                             f"GPUs, and this machine has none; for data parallelism on CPU cores use "
+                             f"--config_file recipes/accelerate/multi_cpu.yaml.")
+    return True
 
 
 @dataclass

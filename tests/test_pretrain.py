@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import EvalPrediction
 
 from hf_gpt import HfGptForCausalLM
@@ -20,7 +21,7 @@ from hf_gpt.pretrain import (
     per_token_nll,
     token_byte_lengths,
 )
-from hf_gpt.recipe_utils import resolve_config
+from hf_gpt.recipe_utils import multi_process_on_cpu, resolve_config
 from hf_gpt.tokenizer import special_token_ids
 
 DRIVER = Path(__file__).with_name("pretrain_driver.py")
@@ -245,6 +246,20 @@ def test_accelerate_configs_parse(name):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
     if name == "fsdp":
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "DecoderBlock"
+
+
+@pytest.mark.parametrize("name", ["fsdp", "zero3"])
+def test_fsdp_or_deepspeed_on_cpu_processes_is_refused(name, monkeypatch, tmp_path):
+    """Without a GPU, Accelerate would run FSDP/DeepSpeed configs as plain DDP without a word: refused when parsed."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml").read_text())
+    variable = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}[config["distributed_type"]]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch sets in each process, with the variable
+    monkeypatch.setenv(variable, "true")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs GPUs, and this machine has none; .*multi_cpu.yaml"):
+        PretrainConfig(output_dir=str(tmp_path))
+    monkeypatch.setenv(variable, "false")  # multi_cpu.yaml: data parallel on CPU cores (Trainer with use_cpu, gloo)
+    assert multi_process_on_cpu()
 
 
 def test_streaming_gives_the_same_blocks(tokenizer, tmp_path):
