@@ -51,9 +51,9 @@ bench: setup
 	$(BIN)/python bench/model_bench.py
 
 # For a lent GPU (bench/gpu_check.sh): the wheels its image lacks (Python 3.12, no network; it has torch, accelerate,
-# tokenizers, peft, pytest), at the versions installed here, and tinyshakespeare from ../shared if present, into the
-# git-ignored .gpu-carry/ (15 MB) that the device tool carries.
-GPU_WHEELS := transformers trl datasets dill multiprocess fsspec
+# tokenizers, peft, pytest) at the versions installed here, setuptools to build hf-gpt there, and tinyshakespeare
+# from ../shared if present, into the git-ignored .gpu-carry/ (17 MB) that the device tool carries.
+GPU_WHEELS := transformers trl datasets dill multiprocess fsspec setuptools
 gpu-carry: setup
 	rm -rf .gpu-carry && mkdir -p .gpu-carry/wheels
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -13,13 +13,13 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # 0. The device image has torch, accelerate, tokenizers, peft and pytest but no trl or datasets, and an older
-#    transformers: where a requirement is unmet, install the carried wheels and hf-gpt itself into $WORK/site; then
-#    stop early if anything is still unmet.
+#    transformers: where a requirement is unmet, install the carried wheels into $WORK/site, then hf-gpt itself, built
+#    with the carried setuptools (its license string needs setuptools >= 77); stop early if anything is still unmet.
 check_env() { "$PY" bench/gpu_env.py > "$OUT/env.txt" 2>&1; }
 if ! check_env && [ -d .gpu-carry/wheels ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
-    --target "$WORK/site" .gpu-carry/wheels/*.whl . || { echo "error: installing .gpu-carry/wheels failed"; exit 1; }
-  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+  pip_install() { "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target "$WORK/site" "$@"; }
+  { pip_install --no-compile .gpu-carry/wheels/*.whl && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" \
+    && pip_install --no-build-isolation .; } || { echo "error: installing .gpu-carry/wheels or hf-gpt failed"; exit 1; }
   check_env
 fi
 grep -q "every requirement of hf-gpt is met" "$OUT/env.txt" || { cat "$OUT/env.txt"; exit 1; }
