@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared run for a lent GPU (~8 minutes): what README's GPU figures come from. Steps in order of value, each
-# writing its own file under $OUT as it ends, so a run cut short keeps what it measured.
+# The one prepared run for a lent GPU: what README's GPU figures come from. Its steps' time limits add up to 9 minutes
+# (not yet run on a GPU: how long each takes there is unmeasured). Steps in order of value, each writing its own file
+# under $OUT (six small files) as it ends, so a run cut short keeps what it measured.
 #   make gpu-carry                   # here: the wheels the device image lacks + tinyshakespeare, into .gpu-carry/
-#   bash bench/gpu_check.sh          # there: with the device tool, carry [".gpu-carry"], timeout_s 570
+#   bash bench/gpu_check.sh          # there: with the device tool, carry [".gpu-carry"], timeout_s 590
 # On any CUDA machine where hf-gpt is installed, `bash bench/gpu_check.sh` alone. GPU_CHECK_SMOKE=1 runs the same
 # steps tiny on the CPU (tests/test_benches.py), so the lease is never the script's first run.
 set -uo pipefail
