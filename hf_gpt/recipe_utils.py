@@ -212,11 +212,10 @@ def multi_process_on_cpu() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.accelerator.is_available():
         return False
     # On the CPU, Accelerate would quietly replace FSDP or DeepSpeed with plain data parallelism: say so instead.
-    for name in ("FSDP", "DEEPSPEED"):
-        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
-            raise ValueError(f"accelerate launch asked for {'FSDP' if name == 'FSDP' else 'DeepSpeed'}, which needs "
-                             f"GPUs, and this machine has none; for data parallelism on CPU cores use "
-                             f"--config_file recipes/accelerate/multi_cpu.yaml.")
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise ValueError(f"accelerate launch asked for {name}, which needs GPUs, and this machine has none; for "
+                             f"data parallelism on CPU cores use --config_file recipes/accelerate/multi_cpu.yaml.")
     return True
 
 
