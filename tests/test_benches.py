@@ -59,7 +59,7 @@ def test_pretrain_bench_runs_the_reference_and_the_preset(shared_data, tmp_path,
 def test_nanogpt_reference_learns_characters():
     text = "to be or not to be, that is the question. " * 400
     bench = load("pretrain_bench")
-    before, after = bench.nanogpt_reference(text, steps=1), bench.nanogpt_reference(text, steps=150)
+    before, after = bench.nanogpt_reference(text, steps=1), bench.nanogpt_reference(text, steps=60)  # 2.81 → 0.98
     assert before["nats_per_char"] > 2.0 and after["nats_per_char"] < 0.5 * before["nats_per_char"]
 
 
