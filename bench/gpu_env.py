@@ -9,15 +9,20 @@ from importlib.metadata import PackageNotFoundError, distribution, version
 
 import torch
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 SHOWN = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "huggingface_hub", "peft")
+
+
+# A CUDA build of torch pins its nvidia-* libraries; they come with the GPU image as one piece, which is never replaced.
+NOT_WALKED = {"torch"}
 
 
 def unmet_requirements(root: str = "hf-gpt") -> list[str]:
     """Requirements (no extras) of `root` and of everything it needs that the installed versions do not satisfy."""
     todo, seen, unmet = [root], set(), []
     while todo:
-        name = todo.pop()
+        name = canonicalize_name(todo.pop())
         if name in seen:
             continue
         seen.add(name)
@@ -36,7 +41,8 @@ def unmet_requirements(root: str = "hf-gpt") -> list[str]:
                 continue
             if not req.specifier.contains(found, prereleases=True):
                 unmet.append(f"{req} (found {found})")
-            todo.append(req.name)
+            if canonicalize_name(req.name) not in NOT_WALKED:
+                todo.append(req.name)
     return sorted(set(unmet))
 
 

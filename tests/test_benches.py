@@ -89,3 +89,20 @@ def test_gpu_check_runs_its_steps_tiny_on_the_cpu(tmp_path):
     assert "tokens_per_second" in log and "eval_loss" in log
     summary = json.loads((out / "gpt2_small_summary.json").read_text())
     assert summary["throughput"]["tokens_per_second"] > 0 and summary["steps"] == 4
+
+
+def test_gpu_env_names_each_unmet_requirement(monkeypatch):
+    """What the GPU run checks first: here everything is met; an image with an older transformers and no trl is not."""
+    gpu_env = load("gpu_env")
+    assert gpu_env.unmet_requirements() == []
+    real = gpu_env.version
+
+    def image_version(name: str) -> str:
+        if name == "trl":
+            raise gpu_env.PackageNotFoundError(name)
+        return "5.17.0" if name == "transformers" else real(name)
+
+    monkeypatch.setattr(gpu_env, "version", image_version)
+    unmet = gpu_env.unmet_requirements()
+    assert any(u.startswith("transformers") and u.endswith("(found 5.17.0)") for u in unmet)
+    assert any(u.startswith("trl") and u.endswith("(missing)") for u in unmet)
