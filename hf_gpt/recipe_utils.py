@@ -208,12 +208,13 @@ def multi_process_on_cpu() -> bool:
     """True under torchrun / accelerate with several processes and no accelerator: Trainer then needs use_cpu=True,
     or every process silently trains alone (transformers only builds a gloo process group for use_cpu)."""
     import torch
+    from accelerate.utils import parse_flag_from_env
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.accelerator.is_available():
         return False
     # On the CPU, Accelerate would quietly replace FSDP or DeepSpeed with plain data parallelism: say so instead.
     for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(variable, "false").lower() == "true":
+        if parse_flag_from_env(variable):
             raise ValueError(f"accelerate launch asked for {name}, which needs GPUs, and this machine has none; for "
                              f"data parallelism on CPU cores use --config_file recipes/accelerate/multi_cpu.yaml.")
     return True

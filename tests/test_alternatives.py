@@ -87,17 +87,18 @@ def test_a_finished_dpo_folder_is_not_overwritten_and_has_a_card(folders):
     assert "aligned with TRL's DPO" in card and "dpo" in card
 
 
-@pytest.mark.parametrize("method", ["dpo", "grpo", "rloo"])
-def test_each_method_trains_in_bf16(folders, method):
+ONLINE = dict(reward_functions=["test_alternatives:length_reward"], num_generations=2, max_completion_length=8,
+              beta=0.05)
+
+
+@pytest.mark.parametrize("make_config, run, extra", [
+    (DPORecipeConfig, dpo, dict(beta=0.1)), (GRPORecipeConfig, grpo, ONLINE), (RLOORecipeConfig, rloo, ONLINE)])
+def test_each_method_trains_in_bf16(folders, make_config, run, extra):
     """`--bf16 true` reaches TRL's trainers (on the CPU under autocast): the policy's forward passes run in bfloat16,
     its master weights stay float32, and DPO's first loss is still -log σ(0)."""
     from hf_gpt.modeling_hf_gpt import FeedForward
 
-    config, run = {"dpo": (DPORecipeConfig, dpo), "grpo": (GRPORecipeConfig, grpo), "rloo": (RLOORecipeConfig, rloo)}[
-        method]
-    extra = dict(beta=0.1) if method == "dpo" else dict(reward_functions=["test_alternatives:length_reward"],
-                                                        num_generations=2, max_completion_length=8, beta=0.05)
-    args = config(**{**common(folders, f"{method}-bf16"), "max_steps": 1}, bf16=True, **extra)
+    args = make_config(**{**common(folders, f"{run.__name__}-bf16"), "max_steps": 1}, bf16=True, **extra)
     seen = []
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda module, inputs, output: seen.append(output.dtype) if isinstance(module, FeedForward) else None)
@@ -109,5 +110,5 @@ def test_each_method_trains_in_bf16(folders, method):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
-    if method == "dpo":
+    if run is dpo:
         assert set(seen) == {torch.bfloat16} and losses[0] == pytest.approx(0.6931, abs=1e-3)
