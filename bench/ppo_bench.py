@@ -85,12 +85,12 @@ def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
     """The demo's PPO prompts (seen subjects, system prompt varied or absent), and the same as chat messages in a
     JSONL file for the TRL run."""
     from hf_gpt import world
-    from hf_gpt.ppo import to_messages
+    from hf_gpt.chat import prompt_to_messages
 
     rows = world.ppo_prompts(BATCH * steps)
     out.mkdir(parents=True, exist_ok=True)
     prompts_file = out / f"bench_prompts_{steps}.jsonl"
-    prompts_file.write_text("".join(json.dumps(to_messages(r["prompt"], None)) + "\n" for r in rows))
+    prompts_file.write_text("".join(json.dumps(prompt_to_messages(r["prompt"])) + "\n" for r in rows))
     return rows, prompts_file
 
 

@@ -5,30 +5,20 @@
 - DPO: no reward model at all; the preference pairs train the policy directly against the frozen SFT model.
 """
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, set_seed
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+from .chat import prompt_to_messages, prompts_that_fit
 from .data import load_rows
 from .hub import write_summary
-from .loading import load_score_model
-from .ppo import to_messages
-from .recipe_utils import RecipeFields, load_stage, prepare_output_dir, run_record
+from .loading import load_reward_function, load_score_model
+from .recipe_utils import RecipeFields, load_stage
 from .reward import prepare_preferences
+from .run_folder import RunFolder
 from .throughput import with_throughput
-
-
-def import_reward_function(path: str) -> Callable:
-    """`package.module:function` or `package.module.function` → the function f(prompts, completions, **kw)."""
-    module, _, name = path.replace(":", ".").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"Cannot import reward function {path!r}: {err}. Use 'package.module:function'.") from None
 
 
 @dataclass
@@ -57,22 +47,20 @@ class DPORecipeConfig(_Common, DPOConfig):
 def _prompts(args, tokenizer, context: int) -> Dataset:
     """The prompts as chat messages; those with no room for max_completion_length tokens in the context are an error
     naming the row, or dropped and counted with `drop_long_prompts` (as PPO's)."""
-    from .ppo import check_prompt_lengths
-
     rows = load_rows(args)
     if "prompt" not in rows.column_names:
         raise ValueError(f"The data has columns {rows.column_names}; a 'prompt' column is needed.")
-    rows = check_prompt_lengths(rows, tokenizer, context, args.max_completion_length, "prompt", args.system_prompt,
-                                args.drop_long_prompts)
+    rows = rows.select(prompts_that_fit(rows["prompt"], tokenizer, context, args.max_completion_length,
+                                        args.system_prompt, args.drop_long_prompts))
     if len(rows) == 0:
         raise ValueError(f"No prompt leaves room for {args.max_completion_length} completion tokens in the model's "
                          f"context of {context}: lower max_completion_length or use a longer-context model.")
-    return rows.map(lambda row: {"prompt": to_messages(row["prompt"], args.system_prompt)},
+    return rows.map(lambda row: {"prompt": prompt_to_messages(row["prompt"], args.system_prompt)},
                     remove_columns=rows.column_names)
 
 
 def _rewards(args) -> list:
-    rewards = [import_reward_function(p) for p in args.reward_functions or []]
+    rewards = [load_reward_function(p) for p in args.reward_functions or []]
     if args.reward_model_path:
         rewards.insert(0, load_score_model(args.reward_model_path, "reward model", args.trust_remote_code))
     if not rewards:
@@ -80,17 +68,18 @@ def _rewards(args) -> list:
     return rewards
 
 
-def _online(trainer_cls, args, method: str):
-    prepare_output_dir(args, method.upper(), run_record(args, "reward_model_path"), None)
-    set_seed(args.seed)
-    tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
-    rewards = _rewards(args)
-    reward_tokenizers = [tokenizer if not callable(r) or hasattr(r, "config") else None for r in rewards]
-    prompts = _prompts(args, tokenizer, model.config.max_position_embeddings)
-    trainer = with_throughput(trainer_cls)(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
-                          processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
-    trainer.train()
-    save_aligned(trainer, args, method)
+def _online(trainer_cls, args, method: str, resume_from_checkpoint: str | bool | None):
+    with RunFolder(args, method.upper(), resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
+        rewards = _rewards(args)
+        reward_tokenizers = [tokenizer if not callable(r) or hasattr(r, "config") else None for r in rewards]
+        prompts = _prompts(args, tokenizer, model.config.max_position_embeddings)
+        trainer = with_throughput(trainer_cls)(model=model, reward_funcs=rewards, args=args, train_dataset=prompts,
+                                               processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
+        run.begin()
+        run.train(trainer)
+        save_aligned(trainer, args, method)
     return trainer
 
 
@@ -104,24 +93,26 @@ def save_aligned(trainer, args, method: str) -> None:
                       steps=trainer.state.global_step, throughput=trainer.throughput_summary())
 
 
-def grpo(args: GRPORecipeConfig) -> GRPOTrainer:
-    return _online(GRPOTrainer, args, "grpo")
+def grpo(args: GRPORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> GRPOTrainer:
+    return _online(GRPOTrainer, args, "grpo", resume_from_checkpoint)
 
 
-def rloo(args: RLOORecipeConfig) -> RLOOTrainer:
-    return _online(RLOOTrainer, args, "rloo")
+def rloo(args: RLOORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RLOOTrainer:
+    return _online(RLOOTrainer, args, "rloo", resume_from_checkpoint)
 
 
-def dpo(args: DPORecipeConfig) -> DPOTrainer:
-    prepare_output_dir(args, "DPO", run_record(args), None)
-    set_seed(args.seed)
-    tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
-    rows = load_rows(args)
-    # TRL's default max_length (1024) may exceed the model's context: pairs longer than the context are dropped.
-    args.max_length = min(args.max_length or model.config.max_position_embeddings,
-                          model.config.max_position_embeddings)
-    pairs, _ = prepare_preferences(rows, tokenizer, args.max_length, args.system_prompt)
-    trainer = with_throughput(DPOTrainer)(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
-    trainer.train()
-    save_aligned(trainer, args, "dpo")
+def dpo(args: DPORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> DPOTrainer:
+    with RunFolder(args, "DPO", resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
+        rows = load_rows(args)
+        # TRL's default max_length (1024) may exceed the model's context: pairs longer than the context are dropped.
+        args.max_length = min(args.max_length or model.config.max_position_embeddings,
+                              model.config.max_position_embeddings)
+        pairs, _ = prepare_preferences(rows, tokenizer, args.max_length, args.system_prompt)
+        trainer = with_throughput(DPOTrainer)(model=model, args=args, train_dataset=pairs,
+                                              processing_class=tokenizer)
+        run.begin()
+        run.train(trainer)
+        save_aligned(trainer, args, "dpo")
     return trainer

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .recipe_utils import RECIPES, run_recipe
+from .recipe_utils import RECIPES, run_cli, run_recipe
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -46,7 +46,7 @@ def _chat(args: argparse.Namespace) -> None:
 def _push(args: argparse.Namespace) -> None:
     from .hub import push_folder
 
-    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision, timeout=args.timeout)
     print(f"Pushed {args.folder} to {args.repo_id}: {url}")
 
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("repo_id", help="user/name")
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision", default=None, help="a branch to push to (created if missing)")
+    push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the Hub's answer (default 60)")
     push.set_defaults(func=_push)
 
     commands.add_parser("serve", help="transformers serve (OpenAI-compatible) for hf_gpt models; "
@@ -113,10 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         run_recipe(argv[0], argv[1:])
         return
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: one clear line, no traceback
-        sys.exit(f"hf-gpt: error: {err}")
+    run_cli(lambda: args.func(args), prefix="hf-gpt: error")  # bad input, Ctrl-C, a full disk: one line
 
 
 if __name__ == "__main__":

@@ -24,9 +24,13 @@ BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parq
 
 
 def check_text_file(path: Path) -> None:
-    """Fail early, in one line, on a missing, empty or non-UTF-8 file (instead of deep inside `datasets`)."""
-    if not path.is_file():
+    """Fail early, in one line, on a missing, empty or non-UTF-8 file, or one that is no regular file (a folder, a
+    FIFO, a device): instead of deep inside `datasets`, or hanging on a FIFO."""
+    if not path.exists():
         raise FileNotFoundError(f"Data file not found: {path}. Check the path in dataset_name / data_files.")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "a FIFO" if path.is_fifo() else "a device or socket"
+        raise ValueError(f"{path} is not a regular file ({kind}): give the data file itself.")
     if path.stat().st_size == 0:
         raise ValueError(f"Data file is empty: {path}. Give it some text.")
     if path.suffix in (".parquet",):
@@ -55,7 +59,7 @@ def check_jsonl(path: Path) -> None:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8").strip())
+                row = json.loads(raw.decode("utf-8-sig").strip())  # a byte-order mark is not text
             except UnicodeDecodeError:
                 raise ValueError(f"{path} line {number} is not valid UTF-8: convert the file, e.g. `iconv -f cp949 "
                                  f"-t utf-8`.") from None
@@ -84,7 +88,8 @@ def load_documents(
         suffixes = {p.suffix for p in paths}
         if len(suffixes) != 1 or (suffix := suffixes.pop()) not in BUILDERS:
             raise ValueError(f"data_files must share one of the types {', '.join(BUILDERS)}; got {data_files}.")
-        extra = {"sample_by": "document", "keep_linebreaks": True} if suffix == ".txt" else {}
+        # utf-8-sig: a byte-order mark at the start of a text file is not text to train on
+        extra = {"sample_by": "document", "keep_linebreaks": True, "encoding": "utf-8-sig"} if suffix == ".txt" else {}
         # One file at a time: files of one corpus often carry different extra columns, which `datasets` cannot
         # merge into one schema; only the text column is kept.
         parts = [load_dataset(BUILDERS[suffix], data_files=[str(p)], streaming=streaming, **extra)["train"]
@@ -141,7 +146,9 @@ def build_lm_datasets(
         raise ValueError("The tokenizer has no eos token: documents are joined with eos. Train it with hf_gpt.")
 
     def tokenize(batch: dict) -> dict:
-        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]}
+        # split_special_tokens: "<|eos|>" typed in a document is text, never the eos that joins documents
+        return {"input_ids": tokenizer(batch[text_column], add_special_tokens=False, split_special_tokens=True,
+                                       verbose=False)["input_ids"]}
 
     streaming = isinstance(next(iter(raw.values())), IterableDataset)
     if streaming and stream_validation_documents > 0 and not {"validation", "test"} & raw.keys():
@@ -225,11 +232,3 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return str(path)
-
-
-def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    """`messages` with a system turn first: `system_prompt` is added unless it is None/empty or the conversation
-    already starts with its own system turn (which wins). The one rule SFT, the reward model and RL all follow."""
-    if not system_prompt or (messages and messages[0]["role"] == "system"):
-        return list(messages)
-    return [{"role": "system", "content": system_prompt}, *messages]

@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from . import world
 from .data import write_jsonl
 from .hub import read_summary
+from .loading import load_config, load_model_and_tokenizer, load_tokenizer
 from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
+from .recipe_utils import run_cli
 from .report import write_report
 from .reward import RewardRecipeConfig, train_reward_model
+from .run_folder import write_json
 from .sft import SFTRecipeConfig, sft
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -173,8 +176,8 @@ def answer_batch(model, tokenizer, prompts: list[list[dict]], samples: int = 0, 
 def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str, dict[str, float]]:
     """Per split ("seen", "held_out") of `rows`: greedy scores (`grade`) and sampled exact match (τ = 1, `samples`
     answers each: what PPO optimises), overall and per language. Each row carries its own system prompt or none."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, folder)
+    model.eval()
     prompts = [world.chat_prompt(r["prompt"], r["system"]) for r in rows]
     eos = tokenizer.eos_token
     greedy = answer_batch(model, tokenizer, prompts)
@@ -199,8 +202,8 @@ def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str,
 def fact_recall(folder: Path, rows: list[dict]) -> dict[str, float]:
     """Does a (base) model know each fact as plain text? Greedy continuation of the answer's start ("The capital of
     Norway is" → " Oslo.") per split: the knowledge that pretraining put in, without any chat format."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, folder)
+    model.eval()
     tokenizer.padding_side = "left"
     starts, ends = zip(*(r["answer"].rsplit(" ", 1) for r in rows))
     batch = tokenizer(list(starts), return_tensors="pt", padding=True)
@@ -222,7 +225,9 @@ def world_evaluation(scale: Scale) -> list[dict]:
 
 
 def common_args(seed: int) -> dict:
-    return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed)
+    # The pipeline decides whether a stage is reused (stage.json) or redone; a redone stage trains afresh into its
+    # folder, through the run folder's owner (which checks every input before it removes anything).
+    return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed, overwrite_output_dir=True)
 
 
 def length(steps: int, epochs: float | None, evaluations: int) -> dict:
@@ -278,8 +283,8 @@ def sft_scratch_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: 
     """The SFT baseline: the same fine-tuning from random weights of the base model's shape (no pretraining)."""
     untrained = folder.parent / "untrained"
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base)).save_pretrained(untrained)
-    AutoTokenizer.from_pretrained(base).save_pretrained(untrained)
+    AutoModelForCausalLM.from_config(load_config(base)).save_pretrained(untrained)
+    load_tokenizer(base).save_pretrained(untrained)
     metrics = sft_stage(folder, untrained, data, scale, seed, evals, accuracy_before=False)
     shutil.rmtree(untrained)
     if "accuracy" in metrics:
@@ -310,8 +315,8 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
         output_dir=str(folder), model_name_or_path=str(sft_folder), reward_model_path=str(reward_folder),
         **prompts, system_prompt=system_prompt, max_rows=400, drop_long_prompts=drop_long_prompts,
         max_steps=scale.ppo_steps, per_device_train_batch_size=16, response_length=32, temperature=0.7,
-        num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, save_strategy="no", sample_every=5,
-        report_to="none", seed=seed))
+        num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, sample_every=5,
+        **common_args(seed)))
     history = trainer.log_history
     metrics = {"steps": len(history), **read_summary(folder)["metrics"],
                "score_curve": [(h["step"], h["objective/scores"]) for h in history],
@@ -334,12 +339,11 @@ class Pipeline:
             print(f"[{name}] reusing {folder} (finished before; --fresh to redo)")
             self.metrics[name] = before
             return before
-        if folder.exists():
-            shutil.rmtree(folder)
+        done.unlink(missing_ok=True)
         print(f"\n[{name}] ..." + (f" (seed {before.get('seed', 0)} → {self.seed}: redone)" if before else ""))
         start = time.perf_counter()
         metrics = {**run(folder), "seed": self.seed, "seconds": round(time.perf_counter() - start, 1)}
-        done.write_text(json.dumps(metrics, indent=1, ensure_ascii=False))
+        write_json(done, metrics)
         self.metrics[name] = metrics
         return metrics
 
@@ -394,10 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.output_dir or Path("runs") / ("custom" if "," in args.data else args.data)
     start = time.perf_counter()
-    try:
-        metrics = Pipeline(out, args.data, scale_of(args.data, args.scale), args.fresh, args.seed).run()
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    metrics = {}
+    run_cli(lambda: metrics.update(Pipeline(out, args.data, scale_of(args.data, args.scale), args.fresh,
+                                            args.seed).run()))
     print(f"\n=== hf-gpt demo ({args.data}) done in {time.perf_counter() - start:.0f} s: {out / 'report.md'} ===")
     for name, values in metrics.items():
         print(name, {k: v for k, v in values.items() if not k.endswith("curve") and k != "accuracy"})

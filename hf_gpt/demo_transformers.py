@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 from . import world
 from .data import write_jsonl
 from .demo import Pipeline, common_args
 from .hub import read_summary
+from .loading import load_model, load_model_and_tokenizer
 from .mlm import MlmConfig, pretrain_mlm
 from .pretrain import PretrainConfig, pretrain
 from .report import plot_attention, plot_cross_attention, write_transformers_report
@@ -118,9 +119,9 @@ def bert_stage(folder: Path, data: Path, tokenizer: Path, scale: Scale, seed: in
 
 
 def slide_stage(out: Path) -> dict:
-    tokenizer = AutoTokenizer.from_pretrained(out / "gpt")
-    gpt = AutoModelForCausalLM.from_pretrained(out / "gpt").eval()
-    bert = AutoModelForMaskedLM.from_pretrained(out / "bert").eval()
+    tokenizer, gpt = load_model_and_tokenizer(AutoModelForCausalLM, out / "gpt")
+    bert = load_model(AutoModelForMaskedLM, out / "bert")
+    gpt.eval(), bert.eval()
     accuracy, examples = fill_blank_accuracy(gpt, bert, tokenizer)
     with torch.no_grad():
         for name, model in (("GPT", gpt), ("BERT", bert)):
@@ -133,8 +134,8 @@ def translation_stage(folder: Path, scale: Scale, seed: int) -> dict:
     train_translation(TranslateConfig(
         output_dir=str(folder), num_train_epochs=scale.translate_epochs, n_embd=scale.width, n_layer=scale.layers,
         n_encoder_layer=scale.layers, **common_args(seed)))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    tokenizer, model = load_model_and_tokenizer(AutoModelForSeq2SeqLM, folder)
+    model.eval()
     # The recipe already translated the held-out sentences: read them back, do not generate them twice.
     held = [json.loads(line) for line in (folder / "held_out_translations.jsonl").read_text("utf-8").splitlines()]
     hypotheses = [r["translation"] for r in held]

@@ -8,7 +8,9 @@ import sys
 from collections.abc import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, TextStreamer
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TextStreamer
+
+from .chat import defuse
 
 
 def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -37,12 +39,12 @@ def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperatur
 def load(model_name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """Tokenizer and model in eval mode. Code from the folder or repo runs only when `trust_remote_code` is set, as
     in transformers; hf_gpt models never need it where hf_gpt is installed."""
-    from .loading import check_vocab, load_pretrained
+    from .loading import load_model_and_tokenizer
 
-    remote = dict(revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = load_pretrained(AutoTokenizer, model_name_or_path, "the tokenizer", padding_side="left", **remote)
-    model = load_pretrained(AutoModelForCausalLM, model_name_or_path, "the model", **remote)
-    check_vocab(tokenizer, model, model_name_or_path)
+    tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, model_name_or_path, "the model",
+                                                trust_remote_code, tokenizer_kwargs=dict(padding_side="left",
+                                                                                         revision=revision),
+                                                revision=revision)
     return tokenizer, model.eval()
 
 
@@ -52,7 +54,7 @@ def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int |
     """Continue each prompt; returns the new text only."""
     tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
     prompts = [prompts] if isinstance(prompts, str) else prompts
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, split_special_tokens=True)
     if seed is not None:
         torch.manual_seed(seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
@@ -79,14 +81,14 @@ def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] 
               trust_remote_code: bool = False, **sampling) -> None:
     """A multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
     tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
-    messages = [{"role": "system", "content": system}] if system else []
+    messages = [{"role": "system", "content": defuse(system)}] if system else []
     lines = lines or iter(sys.stdin.readline, "")
     while True:
         print("you> ", end="", flush=True)
         line = next(lines, "").strip()
         if not line:
             return
-        messages.append({"role": "user", "content": line})
+        messages.append({"role": "user", "content": defuse(line)})
         print("gpt> ", end="", flush=True)
         reply = chat_reply(model, tokenizer, messages, stream=True, **sampling)
         messages.append({"role": "assistant", "content": reply})

@@ -18,8 +18,10 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .loading import check_safetensors
+from .run_folder import SUMMARY, write_json
+
 TEMPLATES = "hf_gpt.model_cards"  # the top-level model_cards/, shipped in the wheel as package data
-SUMMARY = "training_summary.json"
 STAGES = ("base", "sft", "reward", "ppo")
 # The files a saved hf_gpt folder is made of; nothing else is uploaded (no pickles, checkpoints, logs or stray files).
 KNOWN_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -52,7 +54,7 @@ def write_summary(folder: str | Path, stage: str, metrics: dict, data: list[str]
     """What the model card needs to know, saved next to the weights by every stage."""
     summary = {"stage": stage, "metrics": metrics, "data": data, "base_model": base_model, "steps": steps,
                "throughput": throughput}
-    (Path(folder) / SUMMARY).write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    write_json(Path(folder) / SUMMARY, summary)  # atomic, and last: it marks the folder finished
 
 
 def read_summary(folder: Path) -> dict:
@@ -149,31 +151,47 @@ def files_to_upload(folder: Path) -> list[Path]:
     return files
 
 
-def check_safetensors(path: Path) -> None:
-    """A safetensors file starts with an 8-byte little-endian header length and that many bytes of JSON; anything
-    else (a pickle renamed .safetensors, a truncated file) is refused before upload."""
-    with path.open("rb") as f:
-        head = f.read(8)
-        size = int.from_bytes(head, "little") if len(head) == 8 else -1
-        ok = 0 < size <= min(path.stat().st_size - 8, 100_000_000)
-        if ok:
-            try:
-                header = json.loads(f.read(size))
-                ok = isinstance(header, dict)
-                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-                ok = ok and 8 + size + end <= path.stat().st_size
-            except (ValueError, KeyError, TypeError, IndexError):
-                ok = False
-    if not ok:
-        raise ValueError(f"{path} is not a valid safetensors file (a renamed pickle, or truncated): nothing was "
-                         "uploaded.")
+HUB_TIMEOUT = 60.0  # seconds: a Hub that accepts a connection and never answers ends the push with one line
+
+
+def use_timeouts(seconds: float = HUB_TIMEOUT) -> None:
+    """Every huggingface_hub request of this process times out: connecting after min(10, seconds), waiting for an
+    answer after `seconds` (huggingface_hub's own client waits forever)."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    def client():
+        session = default_client_factory()
+        session.timeout = httpx2.Timeout(seconds, connect=min(10.0, seconds))
+        return session
+
+    set_client_factory(client)
+
+
+def unreachable(err: BaseException, endpoint: str | None = None) -> str | None:
+    """One line for a Hub that cannot be reached (refused, timed out, unknown host), or None for other errors."""
+    import httpx2
+    from huggingface_hub import constants
+
+    where = endpoint or constants.ENDPOINT
+    if isinstance(err, httpx2.TimeoutException):
+        return f"The Hub at {where} did not answer in time ({type(err).__name__}): check the network or HF_ENDPOINT."
+    if isinstance(err, (httpx2.TransportError, ConnectionError)):
+        return f"Cannot reach the Hub at {where} ({' '.join(str(err).split()) or type(err).__name__}): check the " \
+               "network or HF_ENDPOINT."
+    return None
 
 
 def check_token(token: str | None = None) -> str:
     """The user name behind the token, or a clear error before any work is done."""
     try:
         return HfApi(token=token).whoami()["name"]
-    except (HfHubHTTPError, OSError, ValueError, KeyError) as err:
+    except Exception as err:
+        if message := unreachable(err):
+            raise ValueError(message) from None
+        if not isinstance(err, (HfHubHTTPError, OSError, ValueError, KeyError)):
+            raise
         status = getattr(getattr(err, "response", None), "status_code", None)
         reason = "it was refused (invalid or expired)" if status in (401, 403) else f"{type(err).__name__}"
         raise ValueError(f"No usable Hugging Face token: {reason}. Run `hf auth login` or set HF_TOKEN to a token "
@@ -181,9 +199,10 @@ def check_token(token: str | None = None) -> str:
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
-                token: str | None = None, commit_message: str | None = None) -> str:
+                token: str | None = None, commit_message: str | None = None, timeout: float = HUB_TIMEOUT) -> str:
     """Upload a saved hf_gpt folder as one commit; returns the commit URL."""
     folder = Path(folder)
+    use_timeouts(timeout)
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
@@ -209,4 +228,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         status = getattr(err.response, "status_code", "?")
         raise ValueError(f"Upload of {folder} to {repo_id} failed (HTTP {status}); nothing local was changed. "
                          f"Retry `hf-gpt push {folder} {repo_id}`.") from None
+    except Exception as err:
+        if message := unreachable(err):
+            raise ValueError(f"{message} Nothing local was changed; retry `hf-gpt push {folder} {repo_id}`.") from None
+        raise
     return info.commit_url

@@ -29,9 +29,11 @@ from transformers import (
 from .configuration_hf_gpt import HfGptConfig
 from .data import load_rows
 from .hub import write_summary
+from .loading import load_model
 from .modeling_hf_gpt import HfGptForMaskedLM
 from .pretrain import PretrainConfig, load_corpus
-from .recipe_utils import RecipeFields, final_evaluation, load_stage, prepare_output_dir, run_record
+from .recipe_utils import RecipeFields, final_evaluation, load_stage
+from .run_folder import RunFolder
 from .throughput import ThroughputMixin
 from .tokenizer import special_token_ids
 
@@ -65,7 +67,7 @@ def build_encoder(args: MlmConfig, tokenizer) -> HfGptForMaskedLM:
         raise ValueError("The tokenizer has no mask token: train a new one (leave tokenizer_name_or_path unset) or "
                          "use one trained by this hf_gpt version.")
     if args.model_name_or_path:
-        return HfGptForMaskedLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        return load_model(HfGptForMaskedLM, args.model_name_or_path, "the encoder to continue", args.trust_remote_code)
     config = HfGptConfig(
         vocab_size=len(tokenizer), n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
         max_position_embeddings=args.max_position_embeddings, position_embedding_type=args.position_embedding_type,
@@ -85,26 +87,25 @@ def masked_token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 def pretrain_mlm(args: MlmConfig, resume_from_checkpoint: str | bool | None = None) -> EncoderTrainer:
     """Train the tokenizer (with its mask token) and a bidirectional encoder on raw text; save the folder."""
-    resume = prepare_output_dir(args, "masked-LM pretraining", run_record(args, "mlm_probability", "block_size",
-                                                                          "n_layer", "n_head", "n_embd"),
-                                resume_from_checkpoint)
-    set_seed(args.seed)
-    tokenizer, train, validation = load_corpus(args)
-    model = build_encoder(args, tokenizer)
-    trainer = EncoderTrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability,
-                                                      seed=args.seed),
-        compute_metrics=masked_token_accuracy,
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = final_evaluation(trainer) if validation is not None else {}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        write_summary(args.output_dir, "mlm", {k: v for k, v in metrics.items() if k.startswith("eval_")},
-                      data=args.data_files or args.dataset_name, steps=trainer.state.global_step,
-                      throughput=trainer.throughput_summary())
+    with RunFolder(args, "masked-LM pretraining", resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        tokenizer, train, validation = load_corpus(args, run.checkpoint)
+        model = build_encoder(args, tokenizer)
+        trainer = EncoderTrainer(
+            model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability,
+                                                          seed=args.seed),
+            compute_metrics=masked_token_accuracy,
+            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+        )
+        run.begin()
+        run.train(trainer)
+        metrics = final_evaluation(trainer) if validation is not None else {}
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            write_summary(args.output_dir, "mlm", {k: v for k, v in metrics.items() if k.startswith("eval_")},
+                          data=args.data_files or args.dataset_name, steps=trainer.state.global_step,
+                          throughput=trainer.throughput_summary())
     return trainer
 
 
@@ -174,20 +175,38 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 def train_classifier(args: ClassifyConfig, resume_from_checkpoint: str | bool | None = None) -> EncoderTrainer:
     """Fine-tune on the training split, report held-out accuracy next to the majority-label baseline."""
-    resume = prepare_output_dir(args, "classification", run_record(args, "label_column", "group_column"),
-                                resume_from_checkpoint)
-    set_seed(args.seed)
-    rows = load_rows(args).to_list()
-    train_rows, test_rows = labelled_splits(rows, args)
-    labels = sorted({r[args.label_column] for r in train_rows + test_rows})
-    if any(not isinstance(label, int) for label in labels):
-        raise ValueError(f"{args.label_column} must hold integer labels, got {labels[:5]}.")
-    tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "an hf_gpt MLM or GPT folder to "
-                                  "fine-tune", num_labels=max(labels) + 1)
+    with RunFolder(args, "classification", resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        rows = load_rows(args).to_list()
+        train_rows, test_rows = labelled_splits(rows, args)
+        labels = sorted({r[args.label_column] for r in train_rows + test_rows})
+        if any(not isinstance(label, int) for label in labels):
+            raise ValueError(f"{args.label_column} must hold integer labels, got {labels[:5]}.")
+        tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "an hf_gpt MLM or GPT folder to "
+                                      "fine-tune", num_labels=max(labels) + 1)
+        trainer, test = classifier_trainer(args, tokenizer, model, train_rows, test_rows)
+        run.begin()
+        run.train(trainer)
+        metrics = final_evaluation(trainer)
+        counts = np.bincount(test["labels"])
+        metrics = {"accuracy": metrics.get("eval_accuracy"), "majority_baseline": float(counts.max() / counts.sum()),
+                   "train_rows": len(trainer.train_dataset), "test_rows": len(test),
+                   "pooling": "first token" if not model.config.is_causal else "last token"}
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            write_summary(args.output_dir, "classifier", metrics, data=args.data_files or args.dataset_name,
+                          base_model=args.model_name_or_path, steps=trainer.state.global_step,
+                          throughput=trainer.throughput_summary())
+    return trainer
+
+
+def classifier_trainer(args: ClassifyConfig, tokenizer, model, train_rows: list[dict], test_rows: list[dict]
+                       ) -> tuple[EncoderTrainer, Dataset]:
+    """The Trainer on the tokenised splits, and the held-out split."""
 
     def encode(batch: dict) -> dict:  # bos first (BERT's [CLS] position), eos last (where a GPT has read it all)
-        ids = tokenizer(batch[args.text_column], add_special_tokens=False, truncation=True,
-                        max_length=args.max_length - 2)["input_ids"]
+        ids = tokenizer(batch[args.text_column], add_special_tokens=False, split_special_tokens=True,
+                        truncation=True, max_length=args.max_length - 2)["input_ids"]
         return {"input_ids": [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for x in ids],
                 "labels": batch[args.label_column]}
 
@@ -198,15 +217,4 @@ def train_classifier(args: ClassifyConfig, resume_from_checkpoint: str | bool | 
     trainer = EncoderTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
                              processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                              compute_metrics=accuracy)
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = final_evaluation(trainer)
-    counts = np.bincount(test["labels"])
-    metrics = {"accuracy": metrics.get("eval_accuracy"), "majority_baseline": float(counts.max() / counts.sum()),
-               "train_rows": len(train), "test_rows": len(test),
-               "pooling": "first token" if not model.config.is_causal else "last token"}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        write_summary(args.output_dir, "classifier", metrics, data=args.data_files or args.dataset_name,
-                      base_model=args.model_name_or_path, steps=trainer.state.global_step,
-                      throughput=trainer.throughput_summary())
-    return trainer
+    return trainer, test

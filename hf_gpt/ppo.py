@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from datasets import Dataset
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
@@ -30,9 +31,10 @@ from transformers import (
 )
 
 from .baselines import change_against_noise
-from .data import load_rows, with_system_prompt
+from .chat import prompt_to_messages, prompts_that_fit
+from .data import load_rows
 from .hub import write_summary
-from .loading import check_vocab, load_score_model
+from .loading import check_vocab, load_model, load_reward_function, load_score_model
 from .ppo_core import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -46,9 +48,10 @@ from .ppo_core import (
     masked_mean,
     masked_whiten,
 )
-from .recipe_utils import RecipeFields, last_complete_checkpoint, load_stage, prepare_output_dir, run_record
+from .recipe_utils import RecipeFields, load_stage
 from .report import plot_panels
-from .reward import render_for_reward, text_to_messages
+from .reward import render_for_reward
+from .run_folder import RunFolder, last_complete_checkpoint, write_json
 from .throughput import ThroughputMeter, forward_flops_per_token
 
 RewardFunction = Callable[[list, list[str]], list[float]]
@@ -56,7 +59,7 @@ RewardFunction = Callable[[list, list[str]], list[float]]
 # The TrainingArguments fields our PPO loop uses. Any other one set away from its default is refused when the config
 # is parsed (one line naming it), instead of being accepted and silently ignored.
 HONOURED_TRAINING_ARGUMENTS = frozenset({
-    "output_dir", "seed", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "output_dir", "seed", "max_steps", "disable_tqdm", "per_device_train_batch_size", "gradient_accumulation_steps",
     "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args",
     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "bf16", "fp16",
     "gradient_checkpointing", "gradient_checkpointing_kwargs", "activation_checkpointing",
@@ -171,19 +174,6 @@ def disable_dropout(*models: nn.Module) -> None:
                 module.p = 0.0
 
 
-def to_messages(prompt, system_prompt: str | None) -> list[dict]:
-    """A prompt (text, an HH transcript, or chat messages) as chat messages, with the system prompt rule applied."""
-    if isinstance(prompt, str):
-        return with_system_prompt(text_to_messages(prompt), system_prompt)
-    if not isinstance(prompt, list) or not prompt:
-        raise ValueError(f"A prompt must be text or a non-empty list of chat messages, got {prompt!r:.80}")
-    for turn in prompt:
-        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
-            role = turn.get("role") if isinstance(turn, dict) else turn
-            raise ValueError(f"A prompt has a turn with role {role!r}: use system, user or assistant.")
-    return with_system_prompt(prompt, system_prompt)
-
-
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict]], device) -> dict[str, torch.Tensor]:
     """Chat-template the prompts (ending with the assistant marker) and left-pad them into a batch."""
     ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=True)["input_ids"] for p in prompts]
@@ -236,7 +226,7 @@ class PPOTrainer:
                                           scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
         loader = torch.utils.data.DataLoader(
             train_dataset, batch_size=args.local_batch_size, shuffle=True, drop_last=True,
-            collate_fn=lambda rows: [to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
+            collate_fn=lambda rows: [prompt_to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
             generator=torch.Generator().manual_seed(args.seed))
         if len(loader) == 0:
             raise ValueError(f"{len(train_dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
@@ -407,9 +397,12 @@ class PPOTrainer:
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         batches = self._prompt_batches()
+        progress = tqdm(total=args.max_steps, initial=self.step, desc="PPO steps", unit="step",
+                        disable=bool(args.disable_tqdm) or not self.accelerator.is_main_process)
         while self.step < args.max_steps:
             metrics = self.ppo_step(next(batches))
             self.step += 1
+            progress.update(1)
             metrics["step"] = self.step
             if self.step % args.logging_steps == 0 or self.step == 1:
                 metrics.update(self.throughput.report("perf/"))
@@ -424,6 +417,7 @@ class PPOTrainer:
                     and self.step < args.max_steps):
                 self.throughput.pause()
                 self._save_checkpoint()
+        progress.close()
         self.save_models()
         self.accelerator.end_training()
         return self.log_history
@@ -446,7 +440,7 @@ class PPOTrainer:
         self.accelerator.save_state(str(folder), safe_serialization=True)
         if self.accelerator.is_main_process:
             state = {"step": self.step, "kl_coef": self.kl_ctl.value, "log_history": self.log_history}
-            (folder / "ppo_state.json").write_text(json.dumps(state))
+            write_json(folder / "ppo_state.json", state)
             self._rotate_checkpoints()
         self.accelerator.wait_for_everyone()
 
@@ -486,7 +480,7 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(out)
         model.value_model.save_pretrained(out / "value_model")
         self.tokenizer.save_pretrained(out / "value_model")
-        (out / "ppo_log.json").write_text(json.dumps(self.log_history, indent=1))
+        write_json(out / "ppo_log.json", self.log_history)
         plot_ppo_curves(self.log_history, out / "ppo_curves.png")
         write_summary(out, "ppo", score_change(self.log_history),
                       data=self.args.data_files or self.args.dataset_name, base_model=self.args.model_name_or_path,
@@ -524,8 +518,8 @@ def load_ppo_models(args: PPOConfig):
         policy = get_peft_model(policy, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                                                    target_modules=args.lora_target_modules, task_type="CAUSAL_LM"))
     else:
-        ref_policy = AutoModelForCausalLM.from_pretrained(args.model_name_or_path,
-                                                          trust_remote_code=args.trust_remote_code)
+        ref_policy = load_model(AutoModelForCausalLM, args.model_name_or_path, "the reference policy",
+                                args.trust_remote_code)
     remote = args.trust_remote_code
     reward_model = load_score_model(args.reward_model_path, "reward model", remote) if args.reward_model_path else None
     value_model = load_score_model(args.value_model_path or args.reward_model_path, "value model", remote)
@@ -535,47 +529,24 @@ def load_ppo_models(args: PPOConfig):
     return tokenizer, policy, ref_policy, reward_model, value_model
 
 
-def check_prompt_lengths(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, context: int, room: int,
-                         column: str = "prompt", system_prompt: str | None = None, drop: bool = False) -> Dataset:
-    """Prompts that leave no room for `room` new tokens in the context: an error naming the row, or (`drop`) dropped
-    and counted. Shared by PPO (room = response_length) and GRPO/RLOO (room = max_completion_length)."""
-    keep = []
-    for i, row in enumerate(dataset):
-        try:
-            prompt = to_messages(row[column], system_prompt)
-        except ValueError as err:
-            raise ValueError(f"Prompt row {i}: {err}") from None
-        n = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
-        if n + room <= context:
-            keep.append(i)
-        elif not drop:
-            raise ValueError(f"Prompt row {i} has {n} tokens; with {room} new tokens that exceeds the model's context "
-                             f"of {context}. Shorten or filter the prompts, or set drop_long_prompts.")
-    if len(keep) < len(dataset):
-        print(f"Prompts: dropped {len(dataset) - len(keep)} of {len(dataset)} longer than the context allows")
-    return dataset.select(keep)
-
-
 def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
         resume_from_checkpoint: str | bool | None = None) -> PPOTrainer:
     """Train with PPO; reward functions are `reward_funcs` or, if None, those named in `args.reward_functions`."""
-    resume = prepare_output_dir(args, "PPO", run_record(args, "reward_model_path", "value_model_path",
-                                                      "reward_functions", "system_prompt", "use_peft"),
-                                resume_from_checkpoint, state_file="ppo_state.json")
-    if reward_funcs is None:
-        from .alternatives import import_reward_function
-
-        reward_funcs = [import_reward_function(path) for path in args.reward_functions or []]
-    set_seed(args.seed)
-    tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
-    dataset = load_rows(args)
-    if args.prompt_column not in dataset.column_names:
-        raise ValueError(f"The prompt data has columns {dataset.column_names}, no {args.prompt_column!r}: set "
-                         "--prompt_column to the column that holds the prompts.")
-    dataset = check_prompt_lengths(dataset, tokenizer, policy.config.max_position_embeddings, args.response_length,
-                                   args.prompt_column, args.system_prompt, args.drop_long_prompts)
-    trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
-    trainer.train(resume_from_checkpoint=resume)
+    with RunFolder(args, "PPO", resume_from_checkpoint, state_file="ppo_state.json") as run:
+        if reward_funcs is None:
+            reward_funcs = [load_reward_function(path) for path in args.reward_functions or []]
+        set_seed(args.seed)
+        tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
+        dataset = load_rows(args)
+        if args.prompt_column not in dataset.column_names:
+            raise ValueError(f"The prompt data has columns {dataset.column_names}, no {args.prompt_column!r}: set "
+                             "--prompt_column to the column that holds the prompts.")
+        dataset = dataset.select(prompts_that_fit(dataset[args.prompt_column], tokenizer,
+                                                  policy.config.max_position_embeddings, args.response_length,
+                                                  args.system_prompt, args.drop_long_prompts))
+        trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
+        run.begin()
+        run.train(trainer)
     return trainer
 
 

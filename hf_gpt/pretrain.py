@@ -17,7 +17,6 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     DataCollatorForLanguageModeling,
     EvalPrediction,
     PreTrainedTokenizerBase,
@@ -31,9 +30,11 @@ from .baselines import ngram_bits_per_byte
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
 from .hub import write_summary
+from .loading import load_model, load_tokenizer
 from .modeling_hf_gpt import HfGptForCausalLM
-from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu, prepare_output_dir, run_record
+from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu
 from .report import plot_panels
+from .run_folder import RunFolder
 from .throughput import PEAK_HELP, ThroughputMixin
 from .tokenizer import special_token_ids, train_tokenizer
 
@@ -112,16 +113,15 @@ class PretrainConfig(TrainingArguments):
             )
 
 
-# What a resumed pretraining run must share with the one that wrote the checkpoints (besides data and start).
-SHAPE_FIELDS = ("tokenizer_name_or_path", "vocab_size", "text_column", "block_size", "n_layer", "n_head", "n_embd",
-                "max_position_embeddings", "position_embedding_type", "norm_position", "hidden_act")
-
-
-def load_or_train_tokenizer(args: PretrainConfig, raw_documents) -> PreTrainedTokenizerBase:
-    if args.tokenizer_name_or_path:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code)
-    if args.model_name_or_path:
-        return AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+def load_or_train_tokenizer(args: PretrainConfig, raw_documents, checkpoint: str | None = None
+                            ) -> PreTrainedTokenizerBase:
+    """The given tokenizer, else the one a resumed run trained (saved in its checkpoint: never trained again, so no
+    token id changes meaning mid-run), else a byte-level BPE trained on the data."""
+    source = args.tokenizer_name_or_path or args.model_name_or_path
+    if source:
+        return load_tokenizer(source, args.trust_remote_code)
+    if checkpoint and (Path(checkpoint) / "tokenizer.json").is_file():
+        return load_tokenizer(checkpoint)
     documents = raw_documents["train"]
     if args.stream_validation_documents and args.streaming:  # never learn merges from the held-out head
         documents = documents.skip(args.stream_validation_documents)
@@ -134,7 +134,8 @@ def load_or_train_tokenizer(args: PretrainConfig, raw_documents) -> PreTrainedTo
 
 def build_model(args: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> HfGptForCausalLM:
     if args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+        model = load_model(AutoModelForCausalLM, args.model_name_or_path, "the model to continue",
+                           args.trust_remote_code)
     else:
         config = HfGptConfig(
             vocab_size=len(tokenizer),
@@ -276,11 +277,12 @@ def pretrain_metrics(log_history: list[dict]) -> dict:
     return metrics
 
 
-def load_corpus(args: PretrainConfig) -> tuple[PreTrainedTokenizerBase, Dataset | IterableDataset, Dataset | None]:
+def load_corpus(args: PretrainConfig, checkpoint: str | None = None
+                ) -> tuple[PreTrainedTokenizerBase, Dataset | IterableDataset, Dataset | None]:
     """The raw text's tokenizer (loaded, or trained on it) and its packed train and validation blocks: the data of
     GPT pretraining and of BERT's masked-LM pretraining alike."""
     raw = load_documents(args.data_files, args.dataset_name, args.dataset_config, args.text_column, args.streaming)
-    tokenizer = load_or_train_tokenizer(args, raw)
+    tokenizer = load_or_train_tokenizer(args, raw, checkpoint)
     with args.main_process_first(desc="tokenize and pack"):
         train, validation = build_lm_datasets(raw, tokenizer, args.block_size, args.text_column,
                                               args.validation_fraction,
@@ -291,31 +293,32 @@ def load_corpus(args: PretrainConfig) -> tuple[PreTrainedTokenizerBase, Dataset 
 def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
-    resume = prepare_output_dir(args, "pretraining", run_record(args, *SHAPE_FIELDS), resume_from_checkpoint)
-    set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
-    tokenizer, train, validation = load_corpus(args)
-    model = build_model(args, tokenizer)
-    trainer = PretrainTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = ids; the model shifts
-        compute_metrics=make_compute_metrics(tokenizer),
-        preprocess_logits_for_metrics=per_token_nll,
-        callbacks=[SampleCallback(), *(callbacks or [])],
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    if validation is not None:
-        final_evaluation(trainer)
-        baselines = ngram_baselines(train, validation, tokenizer)
-        if baselines:
-            trainer.log(baselines)
-    trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
-    if trainer.is_world_process_zero():
-        plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
-        write_summary(args.output_dir, "base", pretrain_metrics(trainer.state.log_history),
-                      data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
+    with RunFolder(args, "pretraining", resume_from_checkpoint) as run:
+        set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
+        tokenizer, train, validation = load_corpus(args, run.checkpoint)
+        model = build_model(args, tokenizer)
+        trainer = PretrainTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=validation,
+            processing_class=tokenizer,
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = ids; the model shifts
+            compute_metrics=make_compute_metrics(tokenizer),
+            preprocess_logits_for_metrics=per_token_nll,
+            callbacks=[SampleCallback(), *(callbacks or [])],
+        )
+        run.begin()
+        run.train(trainer)
+        if validation is not None:
+            final_evaluation(trainer)
+            baselines = ngram_baselines(train, validation, tokenizer)
+            if baselines:
+                trainer.log(baselines)
+        trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
+        if trainer.is_world_process_zero():
+            plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
+            write_summary(args.output_dir, "base", pretrain_metrics(trainer.state.log_history),
+                          data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
+                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
     return trainer

@@ -2,10 +2,8 @@
 resume, and one-line errors. `run_recipe(stage)` is the whole of `recipes/<stage>.py` and of `hf-gpt <stage>`."""
 
 import importlib
-import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,8 +76,9 @@ def take_push_request(args) -> dict | None:
     with our model card, instead of Trainer's push at every save."""
     if not getattr(args, "push_to_hub", False):
         return None
-    from .hub import check_token
+    from .hub import check_token, use_timeouts
 
+    use_timeouts()
     if not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user/name.")
     check_token(args.hub_token)
@@ -105,11 +104,7 @@ def run_recipe(stage: str, argv: list[str] | None = None) -> None:
         module_ = importlib.import_module(module)
         (args,) = parse_recipe_args((getattr(module_, config_name),), stage=stage, argv=argv)
         push = take_push_request(args)
-        train = getattr(module_, train_name)
-        if stage in ("grpo", "rloo", "dpo"):  # TRL's trainers: no resume of ours
-            train(args)
-        else:
-            train(args, resume_from_checkpoint=args.resume_from_checkpoint or True)
+        getattr(module_, train_name)(args, resume_from_checkpoint=args.resume_from_checkpoint or True)
         push_if_requested(push, args.output_dir)
 
     run_cli(main)
@@ -117,91 +112,34 @@ def run_recipe(stage: str, argv: list[str] | None = None) -> None:
 
 def load_stage(args, model_class, what: str, **kwargs) -> tuple:
     """The tokenizer and model a stage starts from (`args.model_name_or_path`): one check, one way to load."""
-    from transformers import AutoTokenizer
-
-    from .loading import check_vocab, load_pretrained
+    from .loading import load_model_and_tokenizer
 
     if not args.model_name_or_path:
         raise ValueError(f"model_name_or_path is required: {what}.")
-    path, remote = args.model_name_or_path, dict(trust_remote_code=args.trust_remote_code)
-    tokenizer = load_pretrained(AutoTokenizer, path, "the tokenizer", **remote)
-    model = load_pretrained(model_class, path, "the model", **remote, **kwargs)
-    check_vocab(tokenizer, model, path)
-    return tokenizer, model
+    return load_model_and_tokenizer(model_class, args.model_name_or_path, "the model", args.trust_remote_code,
+                                    **kwargs)
 
 
-RUN_RECORD = "run.json"  # what a run trained on and with which shape, written when it starts
-FINISHED = "training_summary.json"  # written by every stage when its model is saved
+def run_cli(main: Callable[[], object], prefix: str = "error") -> None:
+    """Run a command; bad input (a missing file, a wrong value), Ctrl-C and a full disk each end it with one clear
+    line instead of a traceback."""
+    from .run_folder import StopRun, disk_full, free_megabytes
 
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def last_complete_checkpoint(output_dir: str | Path, state_file: str = "trainer_state.json") -> str | None:
-    """The newest checkpoint that was saved completely (its state file written last); a partial one, left by a kill
-    during the save, is skipped with a warning."""
-    for checkpoint in reversed(_checkpoints(Path(output_dir))):
-        if (checkpoint / state_file).is_file():
-            return str(checkpoint)
-        logger.warning("Skipping %s: it has no %s (the run was stopped while saving it).", checkpoint, state_file)
-    return None
-
-
-def prepare_output_dir(args, stage: str, record: dict, resume_from_checkpoint: str | bool | None,
-                       state_file: str = "trainer_state.json") -> str | None:
-    """Decide where a run starts, so that no finished model is ever silently overwritten or resumed:
-    - a folder holding a finished model is refused unless `overwrite_output_dir` (start afresh) or an explicit
-      checkpoint path to resume from;
-    - `resume_from_checkpoint=True` resumes from the newest complete checkpoint only if the folder's recorded run
-      (data, starting model, shape: `record`) is this one; else one line says what differs;
-    - `overwrite_output_dir` removes the old checkpoints and starts from scratch.
-    Returns the checkpoint to resume from, or None."""
-    out = Path(args.output_dir)
-    explicit = isinstance(resume_from_checkpoint, str) and resume_from_checkpoint
-    if getattr(args, "overwrite_output_dir", False) and not explicit:
-        for checkpoint in _checkpoints(out):
-            shutil.rmtree(checkpoint)
-        (out / FINISHED).unlink(missing_ok=True)
-        resume_from_checkpoint = None
-    elif (out / FINISHED).is_file() and not explicit:
-        raise ValueError(f"{out} holds a finished {stage} model: pass --overwrite_output_dir true to train again into "
-                         "it, --resume_from_checkpoint <checkpoint> to continue from one, or another --output_dir.")
-    checkpoint = resume_from_checkpoint if explicit else (
-        last_complete_checkpoint(out, state_file) if resume_from_checkpoint is True else None)
-    recorded = json.loads((out / RUN_RECORD).read_text()) if (out / RUN_RECORD).is_file() else None
-    if checkpoint and recorded is not None:
-        differ = [k for k in sorted(set(record) | set(recorded)) if record.get(k) != recorded.get(k)]
-        if differ:
-            k = differ[0]
-            raise ValueError(f"{out} holds checkpoints of another run ({k}: {recorded.get(k)!r} there, "
-                             f"{record.get(k)!r} now): pass --overwrite_output_dir true to start afresh, or use "
-                             "another --output_dir.")
-    if _is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_RECORD).write_text(json.dumps(record, indent=1, default=str))
-    if checkpoint:
-        logger.warning("Resuming %s from %s", stage, checkpoint)
-    return checkpoint
-
-
-def run_record(args, *fields: str) -> dict:
-    """The fields of a run that a resumed run must share: its data and starting point, and what else is named."""
-    keys = ("data_files", "dataset_name", "dataset_config", "model_name_or_path", *fields)
-    return {k: getattr(args, k, None) for k in keys}
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
-
-def run_cli(main: Callable[[], object]) -> None:
-    """Run a recipe; bad input (a missing file, a wrong value) ends with one clear line instead of a traceback."""
     try:
         main()
+    except StopRun as err:
+        print(f"{prefix}: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        sys.exit(130)
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"{prefix}: {err}")
+    except OSError as err:
+        if disk_full(err):
+            sys.exit(f"{prefix}: no space left on device writing {err.filename or '.'}: free ~"
+                     f"{free_megabytes(Path(err.filename or '.').parent)} MB there.")
+        raise
 
 
 def multi_process_on_cpu() -> bool:

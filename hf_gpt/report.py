@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .modeling_hf_gpt import sinusoidal_position_encoding  # noqa: E402
+from .run_folder import write_json  # noqa: E402
 
 
 def plot_position_encoding(path: Path, length: int = 64, dim: int = 128, base: float = 10000.0) -> Path:
@@ -261,17 +262,18 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
                                                "What is 3 plus 4?")) -> Path:
     """runs/<name>/report.md: every figure beside its baseline (also in summary.json), a table per stage, the
     accuracy tables (world data) or held-out samples (real data), plots, and replies of the final model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .loading import load_model_and_tokenizer
 
     m, pics = metrics, out / "plots"
     pics.mkdir(parents=True, exist_ok=True)
     ran = [name for name in m if "skipped" not in m[name]]
     final = out / ("ppo" if "ppo" in ran else "sft")
     verdicts = baseline_rows(m)
-    (out / "summary.json").write_text(json.dumps({"data": data_name, "final_model": final.name,
-                                                  "baselines": verdicts}, indent=1, ensure_ascii=False))
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    write_json(out / "summary.json", {"data": data_name, "final_model": final.name, "baselines": verdicts})
+    tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, final)
+    model.eval()
     plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,
                            model.config.sinusoidal_base)
     plot_attention(model, tokenizer, "The capital of Korea is Seoul. 3 plus 4 is 7.", pics / "attention.png")

@@ -9,9 +9,7 @@ Design choices:
   that saw one layout in training and another at scoring time would be judging something it never learned.
 """
 
-import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,11 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from .baselines import against_chance
-from .data import convert_rows, load_rows, with_system_prompt
+from .chat import defuse, normalize_messages, prompt_to_messages
+from .data import convert_rows, load_rows
 from .hub import write_summary
-from .recipe_utils import RecipeFields, hold_out, load_stage, prepare_output_dir, run_record
+from .recipe_utils import RecipeFields, hold_out, load_stage
+from .run_folder import RunFolder, write_json
 from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
@@ -44,35 +44,23 @@ class RewardRecipeConfig(RecipeFields, RewardConfig):
 
 
 
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-
-
-def text_to_messages(prompt: str) -> list[dict]:
-    """A prompt as text → chat turns; Anthropic HH transcripts ("\\n\\nHuman: ...\\n\\nAssistant:") keep their turns."""
-    parts = _HH_TURN.split("\n\n" + prompt.lstrip("\n") if prompt.lstrip().startswith("Human:") else prompt)
-    if len(parts) < 3:
-        return [{"role": "user", "content": prompt.strip()}]
-    roles = {"Human": "user", "Assistant": "assistant"}
-    messages = [{"role": roles[who], "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
-    if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-        messages.pop()  # the open "Assistant:" that the chosen/rejected reply completes
-    return messages
-
-
 def to_preference(row: dict, system_prompt: str | None = None) -> dict:
-    """A {prompt, chosen, rejected} row (text or conversational) → TRL's conversational preference format."""
+    """A {prompt, chosen, rejected} row (text or conversational) → TRL's conversational preference format; a bad row
+    raises ValueError naming the field."""
     for name in ("prompt", "chosen", "rejected"):
         if name not in row or row[name] is None:
             raise ValueError(f"field {name!r} is missing")
-    prompt = row["prompt"] if isinstance(row["prompt"], list) else text_to_messages(row["prompt"])
-    prompt = with_system_prompt(prompt, system_prompt)
+    prompt = prompt_to_messages(row["prompt"], system_prompt, where="field 'prompt'")
     replies = {}
     for name in ("chosen", "rejected"):
         value = row[name]
-        text = value[-1]["content"] if isinstance(value, list) else value
-        if not isinstance(text, str) or not text.strip():
+        if isinstance(value, list):  # conversational: the reply is the last (assistant) turn
+            value = normalize_messages(value, f"field {name!r}")[-1]["content"]
+        elif isinstance(value, str):
+            value = defuse(value)
+        if not isinstance(value, str) or not value.strip():
             raise ValueError(f"field {name!r} is empty or not a string")
-        replies[name] = [{"role": "assistant", "content": text.strip()}]
+        replies[name] = [{"role": "assistant", "content": value.strip()}]
     if replies["chosen"] == replies["rejected"]:
         raise ValueError("fields 'chosen' and 'rejected' are identical: the pair ranks nothing")
     return {"prompt": prompt, **replies}
@@ -103,30 +91,30 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
 
 def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:
     """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
-    resume = prepare_output_dir(args, "reward", run_record(args, "system_prompt", "max_length"),
-                                resume_from_checkpoint)
-    set_seed(args.seed)
-    tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "the SFT folder or Hub id", num_labels=1)
-    if args.max_length is None or args.max_length > model.config.max_position_embeddings:
-        args.max_length = model.config.max_position_embeddings
-    raw = load_rows(args)
-    pairs, report = prepare_preferences(raw, tokenizer, args.max_length, args.system_prompt)
-    logger.warning("Preference data: %s", dict(report))
-    train, evaluation = hold_out(pairs, args)
-    trainer = with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                            processing_class=tokenizer)
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = trainer.evaluate() if evaluation is not None else {}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
-                   "data": dict(report), "epochs": trainer.state.epoch}
-        if evaluation is not None:  # against chance: a coin gets 0.5 ± 0.5/√n
-            chance = against_chance(metrics["eval_accuracy"], len(evaluation))
-            summary.update(eval_pairs=len(evaluation), standard_error=chance["standard_error"],
-                           chance_bound=chance["chance_bound"], beats_baseline=chance["beats_baseline"])
-        (Path(args.output_dir) / "reward_metrics.json").write_text(json.dumps(summary, indent=2))
-        write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
-                      base_model=args.model_name_or_path, steps=trainer.state.global_step,
-                      throughput=trainer.throughput_summary())
+    with RunFolder(args, "reward", resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "the SFT folder or Hub id",
+                                      num_labels=1)
+        if args.max_length is None or args.max_length > model.config.max_position_embeddings:
+            args.max_length = model.config.max_position_embeddings
+        pairs, report = prepare_preferences(load_rows(args), tokenizer, args.max_length, args.system_prompt)
+        logger.warning("Preference data: %s", dict(report))
+        train, evaluation = hold_out(pairs, args)
+        trainer = with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train,
+                                                 eval_dataset=evaluation, processing_class=tokenizer)
+        run.begin()
+        run.train(trainer)
+        metrics = trainer.evaluate() if evaluation is not None else {}
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
+                       "data": dict(report), "epochs": trainer.state.epoch}
+            if evaluation is not None:  # against chance: a coin gets 0.5 ± 0.5/√n
+                chance = against_chance(metrics["eval_accuracy"], len(evaluation))
+                summary.update(eval_pairs=len(evaluation), standard_error=chance["standard_error"],
+                               chance_bound=chance["chance_bound"], beats_baseline=chance["beats_baseline"])
+            write_json(Path(args.output_dir) / "reward_metrics.json", summary)
+            write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
+                          base_model=args.model_name_or_path, steps=trainer.state.global_step,
+                          throughput=trainer.throughput_summary())
     return trainer

@@ -16,8 +16,10 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from .configuration_hf_gpt import HfGptConfig
 from .data import check_text_file, write_jsonl
 from .hub import write_summary
+from .loading import load_tokenizer
 from .modeling_hf_gpt import HfGptForConditionalGeneration
-from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu, prepare_output_dir, run_record
+from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu
+from .run_folder import RunFolder
 from .throughput import PEAK_HELP, ThroughputMixin
 from .tokenizer import special_token_ids, train_tokenizer
 from .world import CAPITALS, HELD_OUT_COUNTRIES, HELD_OUT_SUMS, korean_particle
@@ -196,47 +198,59 @@ def build_translation_model(args: TranslateConfig, tokenizer) -> HfGptForConditi
 
 def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool | None = None) -> Seq2SeqTrainer:
     """Train the tokenizer on both sides, then the encoder-decoder; report held-out exact match and chrF."""
-    from transformers import AutoTokenizer
+    with RunFolder(args, "translation", resume_from_checkpoint) as run:
+        set_seed(args.seed)
+        train_rows, test_rows = _rows(args.data_files, "train", args), _rows(args.eval_data_files, "held_out", args)
+        leaked = {r["source"] for r in train_rows} & {r["source"] for r in test_rows}
+        if leaked:
+            raise ValueError(f"{len(leaked)} held-out sources are also training sources (e.g. {sorted(leaked)[0]!r}).")
+        tokenizer = translation_tokenizer(args, train_rows, run.checkpoint)
+        model = build_translation_model(args, tokenizer)
+        trainer, test = translation_trainer(args, tokenizer, model, train_rows, test_rows)
+        run.begin()
+        run.train(trainer)
+        if args.eval_strategy != "no":
+            final_evaluation(trainer)
+        hypotheses = translate(model, tokenizer, [r["source"] for r in test_rows])
+        references = [r["target"] for r in test_rows]
+        metrics = {"held_out_exact_match": exact_match(hypotheses, references),
+                   "held_out_chrf": chrf(hypotheses, references), "train_pairs": len(train_rows),
+                   "held_out_pairs": len(test_rows)}
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            write_jsonl(Path(args.output_dir) / "held_out_translations.jsonl",
+                        [{**r, "translation": h} for r, h in zip(test_rows, hypotheses)])
+            write_summary(args.output_dir, "seq2seq", metrics, data=args.data_files or "demo world pairs",
+                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
+    return trainer
 
-    resume = prepare_output_dir(args, "translation", run_record(args, "eval_data_files", "n_layer", "n_encoder_layer",
-                                                                "n_embd", "vocab_size"), resume_from_checkpoint)
-    set_seed(args.seed)
-    train_rows, test_rows = _rows(args.data_files, "train", args), _rows(args.eval_data_files, "held_out", args)
-    leaked = {r["source"] for r in train_rows} & {r["source"] for r in test_rows}
-    if leaked:
-        raise ValueError(f"{len(leaked)} held-out sources are also training sources (e.g. {sorted(leaked)[0]!r}).")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path) if args.tokenizer_name_or_path else \
-        train_tokenizer(iter([r[c] for r in train_rows for c in ("source", "target")]), vocab_size=args.vocab_size,
-                        min_frequency=1, model_max_length=args.max_position_embeddings)
-    model = build_translation_model(args, tokenizer)
 
+def translation_tokenizer(args: TranslateConfig, train_rows: list[dict], checkpoint: str | None):
+    """The given tokenizer, a resumed run's own (never trained again), or a BPE trained on both columns."""
+    source = args.tokenizer_name_or_path or (checkpoint if checkpoint and Path(checkpoint, "tokenizer.json").is_file()
+                                             else None)
+    if source:
+        return load_tokenizer(source)
+    return train_tokenizer(iter([r[c] for r in train_rows for c in ("source", "target")]),
+                           vocab_size=args.vocab_size, min_frequency=1, model_max_length=args.max_position_embeddings)
+
+
+def translation_trainer(args: TranslateConfig, tokenizer, model, train_rows: list[dict], test_rows: list[dict]
+                        ) -> tuple[Seq2SeqTrainer, Dataset]:
     limit = args.max_position_embeddings
 
     def encode(row: dict) -> dict:  # the target ends with eos: the decoder learns where to stop
-        return {"input_ids": tokenizer(row["source"], truncation=True, max_length=limit)["input_ids"],
-                "labels": tokenizer(row["target"], truncation=True, max_length=limit - 1)["input_ids"]
-                + [tokenizer.eos_token_id]}
+        text = dict(truncation=True, split_special_tokens=True)  # typed "<|eos|>" is text, not the eos
+        return {"input_ids": tokenizer(row["source"], max_length=limit, **text)["input_ids"],
+                "labels": [*tokenizer(row["target"], max_length=limit - 1, **text)["input_ids"],
+                           tokenizer.eos_token_id]}
 
     train, test = (Dataset.from_list(rows).map(encode, remove_columns=["source", "target"])
                    for rows in (train_rows, test_rows))
     trainer = TranslationTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
                                  processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
-    trainer.train(resume_from_checkpoint=resume)
-    if args.eval_strategy != "no":
-        final_evaluation(trainer)
-    hypotheses = translate(model, tokenizer, [r["source"] for r in test_rows])
-    references = [r["target"] for r in test_rows]
-    metrics = {"held_out_exact_match": exact_match(hypotheses, references), "held_out_chrf": chrf(hypotheses,
-                                                                                                 references),
-               "train_pairs": len(train_rows), "held_out_pairs": len(test_rows)}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        write_jsonl(Path(args.output_dir) / "held_out_translations.jsonl",
-                    [{**r, "translation": h} for r, h in zip(test_rows, hypotheses)])
-        write_summary(args.output_dir, "seq2seq", metrics, data=args.data_files or "demo world pairs",
-                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
-    return trainer
+    return trainer, test
 
 
 class TranslationTrainer(ThroughputMixin, Seq2SeqTrainer):

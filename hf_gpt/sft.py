@@ -19,13 +19,14 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .data import convert_rows, load_rows, with_system_prompt
+from .chat import defuse, normalize_messages, with_system_prompt
+from .data import convert_rows, load_rows
 from .hub import write_summary
-from .recipe_utils import RecipeFields, final_evaluation, hold_out, load_stage, prepare_output_dir, run_record
+from .recipe_utils import RecipeFields, final_evaluation, hold_out, load_stage
+from .run_folder import RunFolder
 from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
-ROLES = {"system", "user", "assistant"}
 
 
 @dataclass
@@ -58,21 +59,13 @@ class SFTRecipeConfig(RecipeFields, SFTConfig):
 def to_conversation(row: dict, system_prompt: str | None = None) -> dict:
     """One row of any supported layout → TRL's conversational format; raises ValueError naming the field."""
     if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise ValueError("field 'messages' must be a non-empty list of {role, content}")
-        for turn in messages:
-            if not isinstance(turn, dict) or turn.get("role") not in ROLES:
-                raise ValueError(f"field 'messages' has a turn with role {turn.get('role')!r}: use {sorted(ROLES)}")
-            if not isinstance(turn.get("content"), str):
-                raise ValueError(f"field 'messages' has a {turn['role']} turn whose content is not a string")
-        if not any(t["role"] == "assistant" and t["content"].strip() for t in messages):
-            raise ValueError("field 'messages' has no non-empty assistant turn to learn from")
-        return {"messages": with_system_prompt([{"role": t["role"], "content": t["content"]} for t in messages],
-                                               system_prompt)}
+        messages = normalize_messages(row["messages"], "field 'messages'")
+        if not any(t["role"] == "assistant" for t in messages):
+            raise ValueError("field 'messages' has no assistant turn to learn from")
+        return {"messages": with_system_prompt(messages, system_prompt)}
     prompt, response = _prompt_and_response(row)
-    return {"prompt": with_system_prompt([{"role": "user", "content": prompt}], system_prompt),
-            "completion": [{"role": "assistant", "content": response}]}
+    return {"prompt": with_system_prompt([{"role": "user", "content": defuse(prompt)}], system_prompt),
+            "completion": [{"role": "assistant", "content": defuse(response)}]}
 
 
 def _prompt_and_response(row: dict) -> tuple[str, str]:
@@ -190,30 +183,36 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
 
 def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> SFTTrainer:
     """Fine-tune, evaluate, answer held-out prompts, save (adapter and/or merged model) with tokenizer and code."""
-    resume = prepare_output_dir(args, "SFT", run_record(args, "system_prompt", "use_peft", "max_length"),
-                                resume_from_checkpoint)
-    trainer, report, evaluation = build_sft_trainer(args)
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = final_evaluation(trainer) if evaluation is not None else {}
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"), "data_report": dict(report),
-                                               "epochs": trainer.state.epoch},
-                      data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                      steps=trainer.state.global_step, throughput=trainer.throughput_summary())
-    tokenizer = trainer.processing_class
-    if args.use_peft and args.merge_adapter and trainer.is_world_process_zero():
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(Path(args.output_dir) / "merged")
-        tokenizer.save_pretrained(Path(args.output_dir) / "merged")
-    if evaluation is not None and trainer.is_world_process_zero():
-        held_out = [evaluation[i] for i in range(min(args.num_sample_answers, len(evaluation)))]
-        answers = sample_answers(trainer.model, tokenizer, [_prompt_of(e) for e in held_out])
-        prompts = [_prompt_of(example)[-1]["content"] for example in held_out]
-        with open(Path(args.output_dir) / "samples.md", "w", encoding="utf-8") as f:
-            f.write(f"# SFT samples\n\ndata: {dict(report)}\neval: {metrics}\n\n")
-            for prompt, answer in zip(prompts, answers):
-                f.write(f"- prompt: {prompt!r}\n  answer: {answer!r}\n")
-        (Path(args.output_dir) / "samples.json").write_text(json.dumps(
-            [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)], indent=1, ensure_ascii=False))
+    with RunFolder(args, "SFT", resume_from_checkpoint) as run:
+        trainer, report, evaluation = build_sft_trainer(args)
+        run.begin()
+        run.train(trainer)
+        metrics = final_evaluation(trainer) if evaluation is not None else {}
+        trainer.save_model(args.output_dir)
+        tokenizer = trainer.processing_class
+        if args.use_peft and args.merge_adapter and trainer.is_world_process_zero():
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(Path(args.output_dir) / "merged")
+            tokenizer.save_pretrained(Path(args.output_dir) / "merged")
+        if evaluation is not None and trainer.is_world_process_zero():
+            write_sample_answers(trainer.model, tokenizer, evaluation, args, report, metrics)
+        if trainer.is_world_process_zero():
+            write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"),
+                                                   "data_report": dict(report), "epochs": trainer.state.epoch},
+                          data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
+                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
     return trainer
+
+
+def write_sample_answers(model, tokenizer, evaluation: Dataset, args: SFTRecipeConfig, report: Counter,
+                         metrics: dict) -> None:
+    """Greedy answers to the first held-out prompts, in samples.md and samples.json."""
+    held_out = [evaluation[i] for i in range(min(args.num_sample_answers, len(evaluation)))]
+    answers = sample_answers(model, tokenizer, [_prompt_of(e) for e in held_out])
+    prompts = [_prompt_of(example)[-1]["content"] for example in held_out]
+    with open(Path(args.output_dir) / "samples.md", "w", encoding="utf-8") as f:
+        f.write(f"# SFT samples\n\ndata: {dict(report)}\neval: {metrics}\n\n")
+        for prompt, answer in zip(prompts, answers):
+            f.write(f"- prompt: {prompt!r}\n  answer: {answer!r}\n")
+    (Path(args.output_dir) / "samples.json").write_text(json.dumps(
+        [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)], indent=1, ensure_ascii=False))

@@ -12,6 +12,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,6 +52,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "demo_run" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("demo"))
+
+
+@pytest.fixture()
+def one_line(capsys):
+    """`one_line(stage, argv)`: run a recipe that must stop (as `recipes/<stage>.py` would) and return the one line it
+    ended with, checked to be one line and no traceback."""
+    from hf_gpt.recipe_utils import run_recipe
+
+    def run(stage: str, argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as stop:
+            run_recipe(stage, argv)
+        message = stop.value.code if isinstance(stop.value.code, str) else capsys.readouterr().err.strip()
+        assert "\n" not in message.strip() and "Traceback" not in message, message
+        return message
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -106,17 +123,23 @@ def saved_model(tmp_path_factory, tokenizer):
 
 @pytest.fixture()
 def serve():
-    """`serve(folder)` starts `hf-gpt serve` on a free loopback port and returns its OpenAI base URL; every server
-    started is stopped after the test."""
+    """`serve(folder)` starts `hf-gpt serve` on a free loopback port (pinned to `folder`, or serving any model when
+    it is None) and returns its OpenAI base URL; `stdin` is written to the server's standard input, its standard error
+    kept in `serve.stderr` (a file). Every server started is stopped after the test."""
     servers = []
 
-    def start(folder: Path, *extra: str) -> str:
+    def start(folder: Path | None, *extra: str, stdin: str | None = None) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "hf_gpt.cli", "serve", str(folder), "--host", "127.0.0.1",
-                                   "--port", str(port), "--device", "cpu", *extra],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start.stderr = tempfile.TemporaryFile("w+")
+        server = subprocess.Popen([sys.executable, "-m", "hf_gpt.cli", "serve", *([str(folder)] if folder else []),
+                                   "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *extra],
+                                  stdin=subprocess.PIPE if stdin else None, stdout=subprocess.DEVNULL,
+                                  stderr=start.stderr, text=True)
+        if stdin:
+            server.stdin.write(stdin)
+            server.stdin.flush()
         servers.append(server)
         for _ in range(240):
             try:

@@ -13,9 +13,9 @@ from hf_gpt.alternatives import (
     RLOORecipeConfig,
     dpo,
     grpo,
-    import_reward_function,
     rloo,
 )
+from hf_gpt.loading import load_reward_function
 from hf_gpt.tokenizer import special_token_ids
 
 
@@ -69,9 +69,9 @@ def test_dpo_on_pairs(folders):
 
 
 def test_reward_function_import_errors():
-    assert import_reward_function("test_alternatives:length_reward") is length_reward
+    assert load_reward_function("test_alternatives:length_reward") is length_reward
     with pytest.raises(ValueError, match="Cannot import reward function 'nope.mod:f'"):
-        import_reward_function("nope.mod:f")
+        load_reward_function("nope.mod:f")
 
 
 def test_a_finished_dpo_folder_is_not_overwritten_and_has_a_card(folders):

@@ -76,7 +76,7 @@ def test_another_seed_redoes_a_finished_stage(tmp_path):
 
     def stage(seed: int) -> dict:
         def train(folder):
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a redone stage trains afresh into its folder (the run folder decides)
             runs.append(seed)
             return {}
         return Pipeline(tmp_path, "world", SCALES["tiny"], fresh=False, seed=seed).stage("base", train)

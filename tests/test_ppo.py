@@ -336,13 +336,12 @@ def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_pa
 
 
 def test_prompt_longer_than_context_is_an_error_or_a_counted_drop(tokenizer, tmp_path):
-    from hf_gpt.ppo import check_prompt_lengths
+    from hf_gpt.chat import prompts_that_fit
 
-    rows = Dataset.from_list([{"prompt": "short"}, {"prompt": "long " * 200}])
+    prompts = ["short", "long " * 200]
     with pytest.raises(ValueError, match="Prompt row 1 has .* tokens; with 8 new tokens that exceeds"):
-        check_prompt_lengths(rows, tokenizer, context=96, room=8)
-    kept = check_prompt_lengths(rows, tokenizer, context=96, room=8, drop=True)
-    assert kept["prompt"] == ["short"]
+        prompts_that_fit(prompts, tokenizer, context=96, room=8)
+    assert prompts_that_fit(prompts, tokenizer, context=96, room=8, drop=True) == [0]
 
 
 # ------------------------------------------------------------------ every PPOConfig field is used or refused

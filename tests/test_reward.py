@@ -7,11 +7,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
+from hf_gpt.chat import text_to_messages
 from hf_gpt.reward import (
     RewardRecipeConfig,
     prepare_preferences,
     render_for_reward,
-    text_to_messages,
     to_preference,
     train_reward_model,
 )
