@@ -93,15 +93,15 @@ def save_aligned(trainer, args, method: str) -> None:
                       steps=trainer.state.global_step, throughput=trainer.throughput_summary())
 
 
-def grpo(args: GRPORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> GRPOTrainer:
+def grpo(args: GRPORecipeConfig, resume_from_checkpoint: str | bool = True) -> GRPOTrainer:
     return _online(GRPOTrainer, args, "grpo", resume_from_checkpoint)
 
 
-def rloo(args: RLOORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RLOOTrainer:
+def rloo(args: RLOORecipeConfig, resume_from_checkpoint: str | bool = True) -> RLOOTrainer:
     return _online(RLOOTrainer, args, "rloo", resume_from_checkpoint)
 
 
-def dpo(args: DPORecipeConfig, resume_from_checkpoint: str | bool | None = None) -> DPOTrainer:
+def dpo(args: DPORecipeConfig, resume_from_checkpoint: str | bool = True) -> DPOTrainer:
     with RunFolder(args, "DPO", resume_from_checkpoint) as run:
         set_seed(args.seed)
         tokenizer, model = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")

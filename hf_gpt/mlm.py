@@ -28,6 +28,7 @@ from transformers import (
 
 from .configuration_hf_gpt import HfGptConfig
 from .data import load_rows
+from .distributed import GatheredSaveMixin
 from .hub import write_summary
 from .loading import load_model
 from .modeling_hf_gpt import HfGptForMaskedLM
@@ -38,7 +39,7 @@ from .throughput import ThroughputMixin
 from .tokenizer import special_token_ids
 
 
-class EncoderTrainer(ThroughputMixin, Trainer):
+class EncoderTrainer(ThroughputMixin, GatheredSaveMixin, Trainer):
     """Trainer with tokens/s and MFU in its logs."""
 
 
@@ -85,7 +86,7 @@ def masked_token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"masked_accuracy": float((predicted[hidden] == labels[hidden]).mean()) if hidden.any() else 0.0}
 
 
-def pretrain_mlm(args: MlmConfig, resume_from_checkpoint: str | bool | None = None) -> EncoderTrainer:
+def pretrain_mlm(args: MlmConfig, resume_from_checkpoint: str | bool = True) -> EncoderTrainer:
     """Train the tokenizer (with its mask token) and a bidirectional encoder on raw text; save the folder."""
     with RunFolder(args, "masked-LM pretraining", resume_from_checkpoint) as run:
         set_seed(args.seed)
@@ -173,7 +174,7 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
-def train_classifier(args: ClassifyConfig, resume_from_checkpoint: str | bool | None = None) -> EncoderTrainer:
+def train_classifier(args: ClassifyConfig, resume_from_checkpoint: str | bool = True) -> EncoderTrainer:
     """Fine-tune on the training split, report held-out accuracy next to the majority-label baseline."""
     with RunFolder(args, "classification", resume_from_checkpoint) as run:
         set_seed(args.seed)

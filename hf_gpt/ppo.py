@@ -8,6 +8,7 @@ One PPO step: rollout → score → KL-shaped rewards → GAE → num_ppo_epochs
 The math lives in `ppo_core` as small tested functions; this file wires models, data, Accelerate and logging.
 """
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
@@ -33,6 +36,7 @@ from transformers import (
 from .baselines import change_against_noise
 from .chat import prompt_to_messages, prompts_that_fit
 from .data import load_rows
+from .distributed import own_class
 from .hub import write_summary
 from .loading import check_vocab, load_model, load_reward_function, load_score_model
 from .ppo_core import (
@@ -42,6 +46,7 @@ from .ppo_core import (
     entropy_from_logits,
     first_eos_mask,
     gae,
+    gumbel_noise,
     kl_penalized_rewards,
     kl_per_token,
     logprobs_from_logits,
@@ -148,6 +153,21 @@ def _same_setting(value, default) -> bool:
     return value == default or str(value) == str(default) or (unset(value) and unset(default))
 
 
+class RolloutSampler(LogitsProcessor):
+    """Sampling at temperature τ as argmax(z/τ + g), g Gumbel noise from one generator per rollout, seeded by (seed,
+    PPO step, the rollout's row in the global batch): the same rollouts whatever the number of processes, and again
+    after a resume."""
+
+    def __init__(self, temperature: float, seed: int, step: int, first_row: int, rows: int, device):
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_000_033 + row)
+                           for row in range(first_row, first_row + rows)]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        noise = gumbel_noise(self.generators, scores.shape[-1], scores.device)
+        return scores.float() / self.temperature + noise
+
+
 class PolicyAndValue(nn.Module):
     """One module for Accelerate/DDP, so policy and value train with one optimizer and one backward."""
 
@@ -159,6 +179,32 @@ class PolicyAndValue(nn.Module):
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         values = per_token_values(self.value_model, input_ids, attention_mask)
         return logits, values
+
+    def tie_weights(self) -> None:
+        """Accelerate's FSDP2 re-ties weights (tied embeddings and lm_head) through the root module's tie_weights after
+        rebuilding the model from meta: without this, the policy's head would train apart from its embeddings."""
+        self.policy.tie_weights()
+        self.value_model.tie_weights()
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module):
+    """Under FSDP2 the policy's own (root-level) parameters are gathered only by the root module's forward; generation
+    calls the policy directly, so gather them around it (each DecoderBlock still gathers its own)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    if not getattr(model, "_hf_gpt_initialised", False):  # FSDP sets itself up in the root's first forward
+        device = next(model.parameters()).device
+        model(torch.zeros(1, 1, dtype=torch.long, device=device), torch.ones(1, 1, dtype=torch.long, device=device))
+        model._hf_gpt_initialised = True
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def per_token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -240,9 +286,10 @@ class PPOTrainer:
         if reward_model is not None:
             self.reward_model = reward_model.to(device).eval()
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+        # Sampling is the Gumbel-max trick in a logits processor (`RolloutSampler`), so greedy decoding here.
         self.generation_config = GenerationConfig(
-            max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
-            eos_token_id=processing_class.eos_token_id, pad_token_id=processing_class.pad_token_id)
+            max_new_tokens=args.response_length, do_sample=False, eos_token_id=processing_class.eos_token_id,
+            pad_token_id=processing_class.pad_token_id)
         self.step, self.log_history = 0, []
         self.throughput = ThroughputMeter(device, args.peak_tflops, self.accelerator.num_processes)
 
@@ -255,8 +302,12 @@ class PPOTrainer:
         queries = encode_prompts(self.tokenizer, prompts, self.accelerator.device)
         context = queries["input_ids"].shape[1]
         policy.eval()
-        with self.accelerator.autocast():
-            sequences = policy.generate(**queries, generation_config=self.generation_config)
+        first_row = self.accelerator.process_index * len(prompts)  # the rows' place in the global batch
+        sampler = RolloutSampler(self.args.temperature, self.args.seed, self.step, first_row, len(prompts),
+                                 self.accelerator.device)
+        with self.accelerator.autocast(), gathered(self.model):
+            sequences = policy.generate(**queries, generation_config=self.generation_config,
+                                        logits_processor=LogitsProcessorList([sampler]))
         responses = sequences[:, context:]
         if responses.shape[1] < self.args.response_length:  # every row stopped early
             pad = self.args.response_length - responses.shape[1]
@@ -334,10 +385,11 @@ class PPOTrainer:
             scores = scores - args.missing_eos_penalty * (~batch["contains_eos"]).float()
         kl = kl_per_token(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator)
         rewards, non_score = kl_penalized_rewards(scores, kl, mask, batch["last_index"], self.kl_ctl.value)
+        total = lambda x: self.accelerator.reduce(x, "sum")  # over every process's rollouts: as one process would
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)  # as TRL: scale only, mean and sign kept
+            rewards = masked_whiten(rewards, mask, shift_mean=False, total=total)  # as TRL: scale only, sign kept
         advantages, returns = gae(rewards, batch["values"], mask, args.gamma, args.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, total=total)
 
         stats = {"approxkl": [], "clipfrac": [], "pg_loss": [], "vf_loss": [], "vf_clipfrac": [], "ratio": []}
         self.model.train()
@@ -348,14 +400,18 @@ class PPOTrainer:
             for start in range(0, n, minibatch):
                 indices = order[start:start + minibatch]
                 for micro in indices.split(args.per_device_train_batch_size):
+                    # Losses are sums over this process's tokens / (all processes' tokens / processes): DDP's mean of
+                    # the processes' gradients is then the gradient of the mean over every token, as in one process.
+                    tokens = total(mask[micro].sum().float()) / self.accelerator.num_processes
                     with self.accelerator.accumulate(self.model):
                         logits, values = self.model(batch["query_responses"][micro], batch["attention_mask"][micro])
                         new_logprobs = logprobs_from_logits(logits[:, context - 1:-1], batch["responses"][micro],
                                                             args.temperature)
                         pg_loss, pg_stats = clipped_policy_loss(new_logprobs, batch["logprobs"][micro],
-                                                                advantages[micro], mask[micro], args.cliprange)
+                                                                advantages[micro], mask[micro], args.cliprange, tokens)
                         vf_loss, vf_clipfrac = clipped_value_loss(values[:, context - 1:-1], batch["values"][micro],
-                                                                  returns[micro], mask[micro], args.cliprange_value)
+                                                                  returns[micro], mask[micro], args.cliprange_value,
+                                                                  tokens)
                         self.accelerator.backward(pg_loss + args.vf_coef * vf_loss)
                         if self.accelerator.sync_gradients and args.max_grad_norm:
                             self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
@@ -472,14 +528,17 @@ class PPOTrainer:
     def save_models(self) -> None:
         """The policy (with tokenizer and code) in output_dir, the value model in output_dir/value_model, curves."""
         self.accelerator.wait_for_everyone()
+        sharded = self.accelerator.is_fsdp2
+        full = self.accelerator.get_state_dict(self.model) if sharded else {}  # every rank takes part in the gather
         if not self.accelerator.is_main_process:
             return
         out = Path(self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
-        model.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        model.value_model.save_pretrained(out / "value_model")
-        self.tokenizer.save_pretrained(out / "value_model")
+        for name, folder in (("policy", out), ("value_model", out / "value_model")):
+            part = {k.removeprefix(f"{name}."): v for k, v in full.items() if k.startswith(f"{name}.")}
+            with own_class(getattr(model, name)) as submodel:
+                submodel.save_pretrained(folder, **({"state_dict": part} if sharded else {}))
+            self.tokenizer.save_pretrained(folder)
         write_json(out / "ppo_log.json", self.log_history)
         plot_ppo_curves(self.log_history, out / "ppo_curves.png")
         write_summary(out, "ppo", score_change(self.log_history),
@@ -530,7 +589,7 @@ def load_ppo_models(args: PPOConfig):
 
 
 def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
-        resume_from_checkpoint: str | bool | None = None) -> PPOTrainer:
+        resume_from_checkpoint: str | bool = True) -> PPOTrainer:
     """Train with PPO; reward functions are `reward_funcs` or, if None, those named in `args.reward_functions`."""
     with RunFolder(args, "PPO", resume_from_checkpoint, state_file="ppo_state.json") as run:
         if reward_funcs is None:

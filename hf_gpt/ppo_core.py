@@ -5,29 +5,45 @@ per-token KL penalty β·(log π − log π_ref) that keeps the policy close to 
 
 All tensors here cover response positions only: (B, R), with `mask` 1 on real response tokens (up to and including
 the first eos) and 0 after it.
+
+Several processes: each holds a slice of the rollouts. Where a statistic spans the batch (whitening, the mean over
+tokens of a loss), `total` (the sum of a tensor over all processes) and `tokens` (the token count over all processes,
+divided by their number) make N processes compute what one process would on the whole batch.
 """
+
+from collections.abc import Callable
 
 import torch
 
+Total = Callable[[torch.Tensor], torch.Tensor]
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                tokens: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Mean over the masked entries; with `tokens`, the masked sum divided by it instead (see the module's note)."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        return (x * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else tokens)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = _local) -> torch.Tensor:
+    n = total(mask.sum().to(x.dtype))
+    mean = total((x * mask).sum()) / n.clamp(min=1)
+    var = total((((x - mean) ** 2) * mask).sum()) / n.clamp(min=1)
     return var * n / (n - 1) if unbiased and n > 1 else var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x − mean) / std over the masked entries, zero where masked; `shift_mean=False` adds the mean back (TRL's
-    flag: rewards keep their sign and level, only their scale is normalised)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total: Total = _local) -> torch.Tensor:
+    """(x − mean) / std over the masked entries (of every process, with `total`), zero where masked;
+    `shift_mean=False` adds the mean back (TRL's flag: rewards keep their sign and level, only their scale is
+    normalised)."""
+    n = total(mask.sum().to(x.dtype)).clamp(min=1)
+    mean, var = total((x * mask).sum()) / n, masked_var(x, mask, total=total)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -94,13 +110,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        mask: torch.Tensor, cliprange: float, tokens: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = E[max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))], ρ = π/π_old: the pessimistic of the two surrogate objectives."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, tokens=tokens)
     stats = {
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),
         "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
@@ -110,12 +127,20 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       cliprange_value: float, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """L_V = ½ E[max((V − R)², (clip(V, V_old ± ε) − R)²)]; also the fraction where the clipped term was larger."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask, tokens=tokens)
     return loss, masked_mean((clipped_loss > unclipped_loss).float(), mask)
+
+
+def gumbel_noise(generators: list[torch.Generator], vocab: int, device) -> torch.Tensor:
+    """g = −log(−log u), u ~ U(0, 1), one row per generator: argmax(z/τ + g) is a sample of softmax(z/τ) (the
+    Gumbel-max trick). Each row draws from its own generator, so a rollout's tokens depend on its (seed, step, row)
+    alone, not on which process or batch it is sampled in."""
+    u = torch.stack([torch.rand(vocab, generator=g, device=device) for g in generators])
+    return -torch.log(-torch.log(u.clamp(min=1e-20)))
 
 
 class AdaptiveKLController:

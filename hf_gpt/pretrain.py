@@ -29,10 +29,11 @@ from transformers import (
 from .baselines import ngram_bits_per_byte
 from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
+from .distributed import GatheredSaveMixin, multi_process_on_cpu
 from .hub import write_summary
 from .loading import load_model, load_tokenizer
 from .modeling_hf_gpt import HfGptForCausalLM
-from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu
+from .recipe_utils import check_max_steps, final_evaluation
 from .report import plot_panels
 from .run_folder import RunFolder
 from .throughput import PEAK_HELP, ThroughputMixin
@@ -223,17 +224,21 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
 # ---------------------------------------------------------------- trainer and callbacks
 
 
-class PretrainTrainer(ThroughputMixin, Trainer):
+class PretrainTrainer(ThroughputMixin, GatheredSaveMixin, Trainer):
     """transformers' Trainer that also logs tokens/s and MFU at every logging step."""
 
 
 class SampleCallback(TrainerCallback):
-    """Continue a few prompts at every evaluation, so progress is visible as text, not only as numbers."""
+    """Continue a few prompts at every evaluation, so progress is visible as text, not only as numbers. Every rank
+    generates (under FSDP each forward pass needs every rank; the same seed gives every rank the same tokens, so all
+    take the same number of steps); rank 0 alone writes."""
 
     def on_evaluate(self, args: PretrainConfig, state, control, model=None, processing_class=None, **kwargs):
-        if not state.is_world_process_zero or model is None or processing_class is None:
+        if model is None or processing_class is None:
             return
         samples = sample_continuations(model, processing_class, args.sample_prompts, args.sample_max_new_tokens)
+        if not state.is_world_process_zero:
+            return
         with open(Path(args.output_dir) / "samples.md", "a", encoding="utf-8") as f:
             f.write(f"\n## step {state.global_step}\n\n")
             for prompt, text in zip(args.sample_prompts, samples):
@@ -243,16 +248,19 @@ class SampleCallback(TrainerCallback):
 
 @torch.no_grad()
 def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[str]:
+    """Sampled continuations (τ = 0.8) from a seeded RNG forked off the training one: the training run's random
+    numbers (dropout, data order) are the same whether or not it samples."""
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     outputs = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-        room = model.config.max_position_embeddings - ids.shape[1]
-        out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=True, temperature=0.8,
-                             top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
-        outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+            room = model.config.max_position_embeddings - ids.shape[1]
+            out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=True, temperature=0.8,
+                                 top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
+            outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     model.train(was_training)
     return outputs
 
@@ -290,7 +298,7 @@ def load_corpus(args: PretrainConfig, checkpoint: str | None = None
     return tokenizer, train, validation
 
 
-def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool | None = None,
+def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool = True,
              callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
     """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
     with RunFolder(args, "pretraining", resume_from_checkpoint) as run:

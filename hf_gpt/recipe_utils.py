@@ -3,7 +3,6 @@ resume, and one-line errors. `run_recipe(stage)` is the whole of `recipes/<stage
 
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from .distributed import multi_process_on_cpu
 from .throughput import PEAK_HELP
 
 logger = logging.getLogger(__name__)
@@ -140,22 +140,6 @@ def run_cli(main: Callable[[], object], prefix: str = "error") -> None:
             sys.exit(f"{prefix}: no space left on device writing {err.filename or '.'}: free ~"
                      f"{free_megabytes(Path(err.filename or '.').parent)} MB there.")
         raise
-
-
-def multi_process_on_cpu() -> bool:
-    """True under torchrun / accelerate with several processes and no accelerator: Trainer then needs use_cpu=True,
-    or every process silently trains alone (transformers only builds a gloo process group for use_cpu)."""
-    import torch
-    from accelerate.utils import parse_flag_from_env
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.accelerator.is_available():
-        return False
-    # On the CPU, Accelerate would quietly replace FSDP or DeepSpeed with plain data parallelism: say so instead.
-    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if parse_flag_from_env(variable):
-            raise ValueError(f"accelerate launch asked for {name}, which needs GPUs, and this machine has none; for "
-                             f"data parallelism on CPU cores use --config_file recipes/accelerate/multi_cpu.yaml.")
-    return True
 
 
 @dataclass

@@ -89,7 +89,7 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     return convert_rows(dataset, lambda row: to_preference(row, system_prompt), too_long, "Preference")
 
 
-def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> RewardTrainer:
+def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool = True) -> RewardTrainer:
     """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
     with RunFolder(args, "reward", resume_from_checkpoint) as run:
         set_seed(args.seed)

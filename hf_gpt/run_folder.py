@@ -262,7 +262,11 @@ class RunFolder:
             raise ValueError(f"{self.out} holds a model that this run did not start (it has "
                              f"{next(n for n in MODEL_FILES if (self.out / n).is_file())}): pass "
                              "--overwrite_output_dir true to train over it, or give another --output_dir.")
-        checkpoint = last_complete_checkpoint(self.out, self.state_file) if self.resume else None
+        checkpoint = last_complete_checkpoint(self.out, self.state_file)
+        if checkpoint and not self.resume:
+            raise ValueError(f"{self.out} holds checkpoints of an unfinished run (the last: {Path(checkpoint).name}): "
+                             "resume it (the default), pass --overwrite_output_dir true to start again, or give "
+                             "another --output_dir.")
         if checkpoint:
             self._check_same_run(recorded, checkpoint)
         return checkpoint

@@ -15,10 +15,11 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 
 from .configuration_hf_gpt import HfGptConfig
 from .data import check_text_file, write_jsonl
+from .distributed import GatheredSaveMixin, multi_process_on_cpu
 from .hub import write_summary
 from .loading import load_tokenizer
 from .modeling_hf_gpt import HfGptForConditionalGeneration
-from .recipe_utils import check_max_steps, final_evaluation, multi_process_on_cpu
+from .recipe_utils import check_max_steps, final_evaluation
 from .run_folder import RunFolder
 from .throughput import PEAK_HELP, ThroughputMixin
 from .tokenizer import special_token_ids, train_tokenizer
@@ -196,7 +197,7 @@ def build_translation_model(args: TranslateConfig, tokenizer) -> HfGptForConditi
     return HfGptForConditionalGeneration(config)
 
 
-def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool | None = None) -> Seq2SeqTrainer:
+def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool = True) -> Seq2SeqTrainer:
     """Train the tokenizer on both sides, then the encoder-decoder; report held-out exact match and chrF."""
     with RunFolder(args, "translation", resume_from_checkpoint) as run:
         set_seed(args.seed)
@@ -253,6 +254,6 @@ def translation_trainer(args: TranslateConfig, tokenizer, model, train_rows: lis
     return trainer, test
 
 
-class TranslationTrainer(ThroughputMixin, Seq2SeqTrainer):
+class TranslationTrainer(ThroughputMixin, GatheredSaveMixin, Seq2SeqTrainer):
     """Seq2SeqTrainer with tokens/s and MFU in its logs."""
 

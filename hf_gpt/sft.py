@@ -181,7 +181,7 @@ def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Datas
     return trainer, report, evaluation
 
 
-def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None) -> SFTTrainer:
+def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool = True) -> SFTTrainer:
     """Fine-tune, evaluate, answer held-out prompts, save (adapter and/or merged model) with tokenizer and code."""
     with RunFolder(args, "SFT", resume_from_checkpoint) as run:
         trainer, report, evaluation = build_sft_trainer(args)
@@ -194,8 +194,8 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(Path(args.output_dir) / "merged")
             tokenizer.save_pretrained(Path(args.output_dir) / "merged")
-        if evaluation is not None and trainer.is_world_process_zero():
-            write_sample_answers(trainer.model, tokenizer, evaluation, args, report, metrics)
+        if evaluation is not None:  # every rank generates (under FSDP each forward needs them all); rank 0 writes
+            write_sample_answers(trainer, evaluation, report, metrics)
         if trainer.is_world_process_zero():
             write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"),
                                                    "data_report": dict(report), "epochs": trainer.state.epoch},
@@ -204,11 +204,13 @@ def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool | None = None)
     return trainer
 
 
-def write_sample_answers(model, tokenizer, evaluation: Dataset, args: SFTRecipeConfig, report: Counter,
-                         metrics: dict) -> None:
+def write_sample_answers(trainer: SFTTrainer, evaluation: Dataset, report: Counter, metrics: dict) -> None:
     """Greedy answers to the first held-out prompts, in samples.md and samples.json."""
+    args = trainer.args
     held_out = [evaluation[i] for i in range(min(args.num_sample_answers, len(evaluation)))]
-    answers = sample_answers(model, tokenizer, [_prompt_of(e) for e in held_out])
+    answers = sample_answers(trainer.model, trainer.processing_class, [_prompt_of(e) for e in held_out])
+    if not trainer.is_world_process_zero():
+        return
     prompts = [_prompt_of(example)[-1]["content"] for example in held_out]
     with open(Path(args.output_dir) / "samples.md", "w", encoding="utf-8") as f:
         f.write(f"# SFT samples\n\ndata: {dict(report)}\neval: {metrics}\n\n")

@@ -160,5 +160,8 @@ class ThroughputMixin:
 
 
 def with_throughput(trainer_cls: type) -> type:
-    """`trainer_cls` (e.g. TRL's SFTTrainer) with ThroughputMixin in front, under the same name."""
-    return type(trainer_cls.__name__, (ThroughputMixin, trainer_cls), {"__module__": __name__})
+    """`trainer_cls` (e.g. TRL's SFTTrainer) with ThroughputMixin (and the sharded-model save) in front, under the
+    same name."""
+    from .distributed import GatheredSaveMixin
+
+    return type(trainer_cls.__name__, (ThroughputMixin, GatheredSaveMixin, trainer_cls), {"__module__": __name__})

@@ -112,3 +112,25 @@ def test_each_method_trains_in_bf16(folders, make_config, run, extra):
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     if run is dpo:
         assert set(seen) == {torch.bfloat16} and losses[0] == pytest.approx(0.6931, abs=1e-3)
+
+
+@pytest.mark.parametrize("make_config, run, extra", [
+    (DPORecipeConfig, dpo, dict(beta=0.1)), (GRPORecipeConfig, grpo, ONLINE), (RLOORecipeConfig, rloo, ONLINE)])
+def test_each_method_resumes_after_a_kill_to_the_same_losses(folders, make_config, run, extra):
+    """The folder a kill after checkpoint-2 leaves (checkpoint-4 and the final files gone) is resumed by the same
+    call, which repeats the uninterrupted run's losses at steps 3 and 4 (generation RNG restored for GRPO/RLOO)."""
+    import shutil
+
+    name = f"{run.__name__}-resume"
+    settings = {**common(folders, name), "max_steps": 4, "save_strategy": "steps", "save_steps": 2, **extra}
+    whole = run(make_config(**settings))
+    losses = lambda trainer: {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    shutil.rmtree(folders / name / "checkpoint-4")
+    for path in (folders / name).iterdir():
+        if path.is_file() and path.name not in ("run.json", ".hf-gpt.lock"):
+            path.unlink()
+    kept = (folders / name / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    resumed = run(make_config(**settings))
+    assert (folders / name / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # not trained again
+    assert resumed.state.global_step == 4 and (folders / name / "model.safetensors").is_file()
+    assert [losses(resumed)[s] for s in (3, 4)] == pytest.approx([losses(whole)[s] for s in (3, 4)], abs=1e-6)

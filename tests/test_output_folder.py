@@ -172,6 +172,24 @@ def test_a_resume_on_changed_data_is_refused(finished, tmp_path, one_line, text)
     assert "holds checkpoints of another run (data_files: [" in line and "sha256" in line
 
 
+def test_the_python_api_resumes_by_default_and_never_trains_over_checkpoints(finished, tmp_path, text):
+    """`pretrain(args)` from Python resumes as the recipe does; asked not to resume, it refuses instead of starting a
+    second run among the first one's checkpoints."""
+    from hf_gpt.pretrain import PretrainConfig, pretrain
+    from hf_gpt.recipe_utils import parse_recipe_args
+
+    out = unfinished(finished, tmp_path)
+    before = contents(out)
+    args = lambda: parse_recipe_args((PretrainConfig,), "pretrain", pretrain_argv(text, out))[0]
+    with pytest.raises(ValueError, match="holds checkpoints of an unfinished run .the last: checkpoint-2.: resume"):
+        pretrain(args(), resume_from_checkpoint=False)
+    assert contents(out) == before
+    kept = (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    pretrain(args())
+    assert (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # resumed, not trained again
+    assert json.loads((out / SUMMARY).read_text())["steps"] == 4
+
+
 def test_settings_that_do_not_change_the_weights_may_change(finished, tmp_path, text, monkeypatch):
     """Logging, evaluation and saving cadence may change on resume; the run's tokenizer is loaded, never retrained."""
     import hf_gpt.pretrain

@@ -98,20 +98,9 @@ def test_token_byte_lengths_for_multibyte_text(tokenizer):
     assert lengths[tokenizer.eos_token_id] == lengths[tokenizer.pad_token_id] == 0
 
 
-def run_driver(out: Path, data: Path, tok: Path, batch: int, kill: int | None = None, nproc: int = 1):
+def run_driver(out: Path, data: Path, tok: Path, batch: int, kill: int | None = None):
     cmd = [sys.executable, str(DRIVER), str(out), str(data), str(tok), str(batch)] + ([str(kill)] if kill else [])
-    if nproc > 1:  # the README's command: accelerate launch with recipes/accelerate/multi_cpu.yaml
-        config = Path(__file__).parents[1] / "recipes" / "accelerate" / "multi_cpu.yaml"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-               "--num_processes", str(nproc), "--main_process_port", "0", *cmd[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def rank_errors(stderr: str) -> str:
-    """What the launched processes said before failing (torchrun's own report after it fills the tail otherwise)."""
-    ranks = [line for line in stderr.splitlines() if line.startswith("[rank")]
-    return "\n".join(ranks[-40:]) or stderr[-2000:]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def losses(out: Path, key: str = "eval_loss") -> tuple[dict[int, float], float]:
@@ -133,14 +122,13 @@ def driver_inputs(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def reference_run(driver_inputs) -> Path:
-    """One process, batch 8, never interrupted: what the resumed and the two-process runs must reproduce."""
+    """One process, batch 8, never interrupted: what the resumed run must reproduce."""
     folder, data, tok = driver_inputs
     result = run_driver(folder / "ref", data, tok, batch=8)
     assert result.returncode == 0, result.stderr[-2000:]
     return folder / "ref"
 
 
-# Both runs compare with the one reference run: one xdist worker makes it once.
 @pytest.mark.slow
 @pytest.mark.xdist_group("pretrain-driver")
 def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs, reference_run):
@@ -155,24 +143,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(driver_inputs, reference
         assert res_train[step] == pytest.approx(ref_train[step], abs=1e-6), step
     assert res_eval == pytest.approx(ref_eval, abs=1e-6)
     assert (folder / "killed" / "model.safetensors").exists() and (folder / "killed" / "curves.png").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("pretrain-driver")
-def test_two_processes_match_one_with_same_global_batch(driver_inputs, reference_run):
-    folder, data, tok = driver_inputs
-    two = run_driver(folder / "two", data, tok, batch=4, nproc=2)
-    assert two.returncode == 0, rank_errors(two.stderr)
-    assert two.stdout.count("[step 12] sample") == 1  # one logging process, not two independent runs
-    # Val bpb and perplexity are token-weighted over the gathered, de-duplicated eval set, so they must agree;
-    # Trainer's own eval_loss averages batch means that include DDP's padding duplicates, so it drifts slightly.
-    (one_train, one_bpb), (two_train, two_bpb) = losses(reference_run, "eval_bpb"), losses(folder / "two", "eval_bpb")
-    assert one_train.keys() == two_train.keys()
-    for step in one_train:
-        assert two_train[step] == pytest.approx(one_train[step], abs=2e-3), step
-    assert two_bpb == pytest.approx(one_bpb, rel=1e-5)
-    assert losses(folder / "two", "eval_perplexity")[1] == pytest.approx(
-        losses(reference_run, "eval_perplexity")[1], rel=1e-5)
 
 
 # ------------------------------------------------------------------ bad input
@@ -262,7 +232,8 @@ def test_fsdp_or_deepspeed_on_cpu_processes_is_refused(name, monkeypatch, tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch sets in each process, with the variable
     monkeypatch.setenv(variable, "true")
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="needs GPUs, and this machine has none; .*multi_cpu.yaml"):
+    monkeypatch.delenv("HF_GPT_FSDP_ON_CPU", raising=False)
+    with pytest.raises(ValueError, match="(needs GPUs|runs on GPUs), and this machine has none.*multi_cpu.yaml"):
         PretrainConfig(output_dir=str(tmp_path))
     monkeypatch.setenv(variable, "false")  # multi_cpu.yaml: data parallel on CPU cores (Trainer with use_cpu, gloo)
     assert multi_process_on_cpu()

@@ -22,6 +22,8 @@ NOT_RUN = {
     "make test": "the test suite itself",
     "transformers chat": "an interactive client of the server that `hf-gpt serve` starts (served here)",
     "multi_gpu.yaml": "needs several GPUs",
+    "fsdp.yaml": "needs GPUs (tests/test_distributed.py runs it on two CPU processes with HF_GPT_FSDP_ON_CPU=1)",
+    "multi_node.yaml": "needs two hosts (tests/test_distributed.py runs two on 127.0.0.1)",
     "gpt2-small": "downloads its corpus from the Hub (no network here)",
     "korean-gpu": "downloads its corpus from the Hub (no network here)",
     "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_benches.py runs it tiny on the CPU in bench/gpu_check.sh)",
