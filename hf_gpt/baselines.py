@@ -55,8 +55,3 @@ def change_against_noise(first: list[float], last: list[float]) -> dict:
     half_width = Z95 * math.sqrt(variance(first) / len(first) + variance(last) / len(last))
     return {"change": change, "interval": [change - half_width, change + half_width],
             "beats_baseline": change - half_width > 0}
-
-
-def lower_is_better(value: float, baseline: float) -> dict:
-    """A loss or bpb against its baseline's: beaten when lower (both measured on the same held-out data)."""
-    return {"value": value, "baseline": baseline, "beats_baseline": value < baseline}

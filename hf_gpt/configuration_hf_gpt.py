@@ -81,7 +81,7 @@ class HfGptConfig(PreTrainedConfig):
     num_encoder_layers: int | None = None
     decoder_start_token_id: int | None = None
     initializer_range: float = 0.02
-    # The v5 config base no longer declares these: without them the LM head is silently left untied.
+    # transformers 5's config base does not declare these: without them the LM head is silently left untied.
     tie_word_embeddings: bool = True
     use_cache: bool = True
     bos_token_id: int | None = None

@@ -184,17 +184,21 @@ def load_rows(args) -> Dataset:
     if bool(args.data_files) == bool(args.dataset_name):
         raise ValueError("Give exactly one of data_files (local .jsonl files) or dataset_name (Hub).")
     if args.data_files:
-        for path in args.data_files:
-            check_text_file(Path(path))
-        suffixes = {Path(p).suffix for p in args.data_files}
-        if len(suffixes) != 1:
-            raise ValueError(f"data_files mixes file types ({', '.join(sorted(suffixes))}): convert them to one type.")
-        suffix = suffixes.pop()
-        dataset = load_dataset(BUILDERS.get(suffix, suffix.lstrip(".")), data_files=list(args.data_files),
-                               split="train")
+        dataset = read_rows(args.data_files)
     else:
         dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
     return dataset.select(range(min(args.max_rows, len(dataset)))) if args.max_rows else dataset
+
+
+def read_rows(data_files: list[str]) -> Dataset:
+    """Rows of local files of one type, each checked first (one line naming a missing file or bad JSON)."""
+    for path in data_files:
+        check_text_file(Path(path))
+    suffixes = {Path(p).suffix for p in data_files}
+    if len(suffixes) != 1:
+        raise ValueError(f"data_files mixes file types ({', '.join(sorted(suffixes))}): convert them to one type.")
+    suffix = suffixes.pop()
+    return load_dataset(BUILDERS.get(suffix, suffix.lstrip(".")), data_files=list(data_files), split="train")
 
 
 def convert_rows(dataset: Dataset, convert: Callable[[dict], dict],

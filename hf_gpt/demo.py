@@ -8,6 +8,7 @@ The run writes runs/<name>/report.md with a table per stage and PNG plots; a sec
 
 import argparse
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from . import world
-from .data import write_jsonl
+from .data import BUILDERS, write_jsonl
+from .generation import complete
 from .hub import read_summary
 from .loading import load_config, load_model_and_tokenizer, load_tokenizer
 from .ppo import PPOConfig, ppo
@@ -29,7 +31,12 @@ from .reward import RewardRecipeConfig, train_reward_model
 from .run_folder import write_json
 from .sft import SFTRecipeConfig, sft
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real data sets live beside the repo the demo runs from (the working directory), not beside the installed package.
+SHARED_ENV = "HF_GPT_SHARED_DATA"
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get(SHARED_ENV, "../shared/data"))
 
 
 @dataclass
@@ -59,7 +66,7 @@ class Scale:
 
 
 SCALES = {"demo": Scale(),
-          # CI's scale: every stage still moves the way tests/test_demo.py asserts, in under 3 minutes alone.
+          # CI's scale: every stage still moves the way tests/test_demo.py asserts.
           "tiny": Scale(documents=3000, pretrain_steps=450, sft_rows=2000, sft_steps=300, preference_rows=2000,
                         reward_steps=180, ppo_steps=30)}
 
@@ -94,7 +101,6 @@ PRESETS = {
 
 
 STAGES_DATA = ("pretrain", "sft", "preferences")
-FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 
 
 def world_data(folder: Path, scale: Scale) -> dict[str, dict]:
@@ -116,7 +122,7 @@ def data_source(spec: str) -> dict:
         return {"data_files": [spec]}
     if Path(spec).is_dir():
         return {"dataset_name": spec}
-    if spec.endswith(FILE_TYPES) or spec.startswith((".", "/")):
+    if spec.endswith(tuple(BUILDERS)) or spec.startswith((".", "/")):
         raise FileNotFoundError(f"{spec} is missing: give an existing file or a Hub dataset name.")
     return {"dataset_name": spec}
 
@@ -136,10 +142,11 @@ def preset_data(name: str) -> dict[str, dict]:
     for stage, group in zip(STAGES_DATA, (preset.pretrain, preset.sft, preset.preferences)):
         if group is None:
             continue
-        paths = [str(SHARED / p) for p in group]
+        paths = [str(shared_data() / p) for p in group]
         for path in paths:
             if not Path(path).exists():
-                raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo.")
+                raise FileNotFoundError(f"{path} is missing: the {name} preset reads ../shared/data beside the repo "
+                                        f"(run from the repo's root) or the folder {SHARED_ENV} names.")
         data[stage] = {"data_files": paths}
     return data
 
@@ -163,14 +170,9 @@ def grade(answer: str, right: str, eos: str) -> dict[str, bool]:
 @torch.no_grad()
 def answer_batch(model, tokenizer, prompts: list[list[dict]], samples: int = 0, max_new_tokens: int = 32) -> list[str]:
     """Greedy answers (samples=0) or `samples` answers each at τ = 1, in one left-padded batch, eos kept."""
-    tokenizer.padding_side = "left"  # generation continues every row from its last real token
-    batch = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                          return_dict=True)
     sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=samples) if samples \
         else dict(do_sample=False)
-    torch.manual_seed(0)
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:])
+    return complete(model, tokenizer, prompts, max_new_tokens, seed=0, skip_special_tokens=False, **sampling)
 
 
 def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str, dict[str, float]]:

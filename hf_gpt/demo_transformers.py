@@ -27,11 +27,13 @@ from .loading import load_model, load_model_and_tokenizer
 from .mlm import MlmConfig, pretrain_mlm
 from .pretrain import PretrainConfig, pretrain
 from .report import plot_attention, plot_cross_attention, write_transformers_report
-from .seq2seq import TranslateConfig, exact_match, lecture_shapes, train_translation, translate, translation_pairs
+from .seq2seq import TranslateConfig, exact_match, lecture_shapes, train_translation, translate
 
 
 @dataclass
-class Scale:
+class ComparisonScale:
+    """How much the GPT, BERT and encoder-decoder of the comparison train."""
+
     documents: int = 2000
     gpt_steps: int = 800
     # BERT learns only from its masked tokens, so it gets more steps, and 40 % masking (Wettig et al. 2023, "Should
@@ -43,8 +45,8 @@ class Scale:
     layers: int = 2
 
 
-SCALES = {"demo": Scale(),
-          "tiny": Scale(documents=300, gpt_steps=40, bert_steps=40, translate_epochs=2, width=32)}
+COMPARISON_SCALES = {"demo": ComparisonScale(),
+          "tiny": ComparisonScale(documents=300, gpt_steps=40, bert_steps=40, translate_epochs=2, width=32)}
 
 
 # ---------------------------------------------------------------- GPT vs BERT: fill the blank
@@ -100,7 +102,7 @@ def fill_blank_accuracy(gpt, bert, tokenizer) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------- stages
 
 
-def gpt_stage(folder: Path, data: Path, scale: Scale, seed: int) -> dict:
+def gpt_stage(folder: Path, data: Path, scale: ComparisonScale, seed: int) -> dict:
     pretrain(PretrainConfig(
         output_dir=str(folder), data_files=[str(data)], vocab_size=1024, block_size=64, n_layer=scale.layers,
         n_head=4, n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3, max_steps=scale.gpt_steps,
@@ -109,7 +111,7 @@ def gpt_stage(folder: Path, data: Path, scale: Scale, seed: int) -> dict:
     return read_summary(folder)["metrics"]
 
 
-def bert_stage(folder: Path, data: Path, tokenizer: Path, scale: Scale, seed: int) -> dict:
+def bert_stage(folder: Path, data: Path, tokenizer: Path, scale: ComparisonScale, seed: int) -> dict:
     pretrain_mlm(MlmConfig(
         output_dir=str(folder), data_files=[str(data)], tokenizer_name_or_path=str(tokenizer), block_size=64,
         n_layer=scale.layers, n_head=4, n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3,
@@ -130,7 +132,7 @@ def slide_stage(out: Path) -> dict:
     return {"accuracy": accuracy, "examples": examples}
 
 
-def translation_stage(folder: Path, scale: Scale, seed: int) -> dict:
+def translation_stage(folder: Path, scale: ComparisonScale, seed: int) -> dict:
     train_translation(TranslateConfig(
         output_dir=str(folder), num_train_epochs=scale.translate_epochs, n_embd=scale.width, n_layer=scale.layers,
         n_encoder_layer=scale.layers, **common_args(seed)))
@@ -139,7 +141,7 @@ def translation_stage(folder: Path, scale: Scale, seed: int) -> dict:
     # The recipe already translated the held-out sentences: read them back, do not generate them twice.
     held = [json.loads(line) for line in (folder / "held_out_translations.jsonl").read_text("utf-8").splitlines()]
     hypotheses = [r["translation"] for r in held]
-    seen = translation_pairs("train")[::10]
+    seen = world.translation_pairs("train")[::10]
     by_kind = []
     for kind, test in (("capital", lambda r: r["source"].startswith("The capital")),
                        ("sum", lambda r: " plus " in r["source"])):
@@ -159,7 +161,7 @@ def translation_stage(folder: Path, scale: Scale, seed: int) -> dict:
             "samples": held[:8]}
 
 
-def run(out: Path, scale: Scale, fresh: bool = False, seed: int = 0) -> dict[str, dict]:
+def run(out: Path, scale: ComparisonScale, fresh: bool = False, seed: int = 0) -> dict[str, dict]:
     pipeline = Pipeline(out, "transformers", scale, fresh, seed)
     data = write_jsonl(out / "data" / "pretrain.jsonl",
                        [{"text": t} for t in world.pretraining_documents(scale.documents)])
@@ -173,14 +175,14 @@ def run(out: Path, scale: Scale, fresh: bool = False, seed: int = 0) -> dict[str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", default="demo", choices=sorted(SCALES))
+    parser.add_argument("--scale", default="demo", choices=sorted(COMPARISON_SCALES))
     parser.add_argument("--output-dir", type=Path, default=Path("runs/transformers"))
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        metrics = run(args.output_dir, SCALES[args.scale], args.fresh, args.seed)
+        metrics = run(args.output_dir, COMPARISON_SCALES[args.scale], args.fresh, args.seed)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"\n=== hf-gpt three Transformers done in {time.perf_counter() - start:.0f} s: "

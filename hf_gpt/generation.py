@@ -49,32 +49,57 @@ def load(model_name_or_path: str, revision: str | None = None, trust_remote_code
 
 
 @torch.no_grad()
+def complete(model, tokenizer, prompts: list[str] | list[list[dict]], max_new_tokens: int = 64, seed: int | None = 0,
+             skip_special_tokens: bool = True, **generate_kwargs) -> list[str]:
+    """The one way hf_gpt generates: text prompts are continued, chat prompts (lists of messages) answered after the
+    assistant marker, in one left-padded batch with the new tokens capped by the context. Sampling draws from an RNG
+    forked off the caller's and seeded with `seed`: a training run's dropout and data order do not depend on it."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # every row continues from its last real token
+    try:
+        if isinstance(prompts[0], list):
+            batch = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True,
+                                                  return_tensors="pt", return_dict=True)
+        else:
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, split_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    width, context = batch["input_ids"].shape[1], model.config.max_position_embeddings
+    if width >= context:
+        raise ValueError(f"The prompt has {width} tokens and the model's context is {context}: shorten it.")
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(**batch.to(model.device), max_new_tokens=min(max_new_tokens, context - width),
+                             pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    model.train(was_training)
+    # Rows that stopped early are padded to the longest: the padding is not part of their answer.
+    rows = [[t for t in row if t != tokenizer.pad_token_id] for row in out[:, width:].tolist()]
+    return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
+
+
+@torch.no_grad()
 def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int | None = None, stream: bool = False,
                   trust_remote_code: bool = False, **sampling) -> list[str]:
     """Continue each prompt; returns the new text only."""
     tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
     prompts = [prompts] if isinstance(prompts, str) else prompts
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, split_special_tokens=True)
-    if seed is not None:
-        torch.manual_seed(seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    output = model.generate(**inputs, generation_config=sampling_config(model, **sampling), streamer=streamer)
-    return tokenizer.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    return complete(model, tokenizer, prompts, sampling.get("max_new_tokens", 64), seed, streamer=streamer,
+                    generation_config=sampling_config(model, **sampling))
 
 
 @torch.no_grad()
 def chat_reply(model, tokenizer, messages: list[dict], stream: bool = False, **sampling) -> str:
     """One assistant turn for a conversation (system prompt included), stopping at eos."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"].to(model.device)
-    room = model.config.max_position_embeddings - ids.shape[1]
-    if room <= 0:
-        raise ValueError(f"The conversation has {ids.shape[1]} tokens, the model's context is "
+    length = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+    if length >= model.config.max_position_embeddings:
+        raise ValueError(f"The conversation has {length} tokens, the model's context is "
                          f"{model.config.max_position_embeddings}: start a new chat.")
-    sampling["max_new_tokens"] = min(sampling.get("max_new_tokens", 64), room)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    out = model.generate(ids, generation_config=sampling_config(model, **sampling), streamer=streamer)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return complete(model, tokenizer, [messages], sampling.get("max_new_tokens", 64), seed=None, streamer=streamer,
+                    generation_config=sampling_config(model, **sampling))[0]
 
 
 def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] | None = None,

@@ -49,6 +49,13 @@ PIPELINE_TAGS = {"reward": "text-classification", "classifier": "text-classifica
 ALIGNED = {"grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}  # TRL's methods: one card template for the three
 
 
+def render_template(name: str, trim_blocks: bool = False, **values) -> str:
+    """A template of the package's `model_cards/` (model cards and the demo's report), rendered with Jinja."""
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda n: (files(TEMPLATES) / n).read_text("utf-8")),
+                             keep_trailing_newline=True, trim_blocks=trim_blocks)
+    return env.get_template(name).render(**values)
+
+
 def write_summary(folder: str | Path, stage: str, metrics: dict, data: list[str] | str | None = None,
                   base_model: str | None = None, steps: int | None = None, throughput: dict | None = None) -> None:
     """What the model card needs to know, saved next to the weights by every stage."""
@@ -90,12 +97,10 @@ def render_card(folder: str | Path, repo_id: str) -> str:
         tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
         base_model=base_model if base_model and _is_hub_id(base_model) else None, model_name=repo_id,
         eval_results=eval_results)
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda name: (files(TEMPLATES) / name).read_text("utf-8")),
-                             keep_trailing_newline=True)
     weights = folder / "model.safetensors"
     num_parameters = _count_parameters(weights) if weights.exists() else 0
     template = "aligned.md.j2" if stage in ALIGNED else f"{stage}.md.j2"
-    text = env.get_template(template).render(method=ALIGNED.get(stage),
+    text = render_template(template, method=ALIGNED.get(stage),
         card_data=card_data.to_yaml(), repo_id=repo_id, config=_Namespace(config), num_parameters=num_parameters,
         training=_training_text(summary))
     ModelCard(text)  # parses the YAML header: raises if it is not valid metadata

@@ -11,6 +11,7 @@ The math lives in `ppo_core` as small tested functions; this file wires models, 
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs
 from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
@@ -37,7 +38,6 @@ from .baselines import change_against_noise
 from .chat import prompt_to_messages, prompts_that_fit
 from .data import load_rows
 from .distributed import own_class
-from .hub import write_summary
 from .loading import check_vocab, load_model, load_reward_function, load_score_model
 from .ppo_core import (
     AdaptiveKLController,
@@ -53,10 +53,10 @@ from .ppo_core import (
     masked_mean,
     masked_whiten,
 )
-from .recipe_utils import RecipeFields, load_stage
 from .report import plot_panels
 from .reward import render_for_reward
-from .run_folder import RunFolder, last_complete_checkpoint, write_json
+from .run_folder import last_complete_checkpoint, write_json
+from .stage import ChatConfig, LoraConfigFields, Stage, load_starting_model, peft_config
 from .throughput import ThroughputMeter, forward_flops_per_token
 
 RewardFunction = Callable[[list, list[str]], list[float]]
@@ -76,7 +76,7 @@ HONOURED_TRAINING_ARGUMENTS = frozenset({
 
 
 @dataclass
-class PPOConfig(RecipeFields, TrainingArguments):
+class PPOConfig(ChatConfig, LoraConfigFields, TrainingArguments):
     """PPO hyper-parameters (names as in TRL's last PPOConfig) plus models and data; YAML-configurable."""
 
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model folder (optional with "
@@ -106,9 +106,8 @@ class PPOConfig(RecipeFields, TrainingArguments):
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward sources."})
     use_peft: bool = field(default=False, metadata={"help": "LoRA on the policy; the reference is the policy with "
                                                             "its adapters disabled (no second copy)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "Modules that get adapters."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Must be 0: PPO turns every dropout off, so that "
+                                                               "rollout and update log-probabilities agree."})
     sample_every: int = field(default=10, metadata={"help": "Log a table of sample completions every N steps."})
     output_dir: str = field(default="runs/ppo", metadata={"help": "Where checkpoints and models go."})
     learning_rate: float = field(default=3e-5, metadata={"help": "Adam learning rate (policy and value)."})
@@ -128,6 +127,12 @@ class PPOConfig(RecipeFields, TrainingArguments):
         if self.save_strategy not in ("no", "steps"):
             raise ValueError(f"PPO saves checkpoints every save_steps PPO steps or never: save_strategy must be "
                              f"'steps' or 'no', got {self.save_strategy!r}.")
+        if self.lora_dropout:
+            raise ValueError(f"PPO turns dropout off (rollout and update log-probabilities must agree): lora_dropout "
+                             f"must be 0, got {self.lora_dropout}.")
+        for name in ("logging_steps", "save_steps"):  # as Trainer reads them: below 1, a fraction of max_steps
+            value = getattr(self, name)
+            setattr(self, name, math.ceil(self.max_steps * value) if 0 < value < 1 else int(value))
 
     def check_honoured_fields(self) -> None:
         """Refuse every TrainingArguments field set away from its default that the PPO loop would not use."""
@@ -213,6 +218,12 @@ def per_token_values(value_model: nn.Module, input_ids: torch.Tensor, attention_
     return value_model.score(hidden).squeeze(-1).float()  # (B, T); float32 for GAE under mixed precision
 
 
+def check_prompt_column(dataset: Dataset, column: str) -> None:
+    if column not in dataset.column_names:
+        raise ValueError(f"The prompt data has columns {dataset.column_names}, no {column!r}: set --prompt_column to "
+                         "the column that holds the prompts.")
+
+
 def disable_dropout(*models: nn.Module) -> None:
     for model in models:
         for module in model.modules():
@@ -238,46 +249,20 @@ class PPOTrainer:
     def __init__(self, args: PPOConfig, policy: nn.Module, ref_policy: nn.Module | None, value_model: nn.Module,
                  processing_class: PreTrainedTokenizerBase, train_dataset: Dataset,
                  reward_model: nn.Module | None = None, reward_funcs: Sequence[RewardFunction] = ()):
-        if reward_model is None and not reward_funcs:
-            raise ValueError("PPO needs a reward: give reward_model, reward_funcs, or both.")
         self.args, self.tokenizer = args, processing_class
         self.reward_model, self.reward_funcs = reward_model, list(reward_funcs)
-        n_sources = int(reward_model is not None) + len(self.reward_funcs)
-        self.reward_weights = torch.tensor(args.reward_weights or [1.0] * n_sources)
-        if len(self.reward_weights) != n_sources:
-            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {n_sources} reward sources.")
-        if args.prompt_column not in train_dataset.column_names:
-            raise ValueError(f"The prompt data has columns {train_dataset.column_names}; set prompt_column.")
-        # Mixed precision, trackers (report_to) and DDP options through Accelerate, as transformers' Trainer does.
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu,
-            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
-            log_with=args.report_to or None, project_dir=args.output_dir,
-            kwargs_handlers=[DistributedDataParallelKwargs(
-                find_unused_parameters=bool(args.ddp_find_unused_parameters))])
+        self.reward_weights = self._reward_weights()
         if ref_policy is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("Give ref_policy (the frozen SFT model), or a PEFT policy whose adapters can be disabled.")
+        self.accelerator = self._accelerator()
         disable_dropout(policy, value_model, *(m for m in (ref_policy, reward_model) if m is not None))
         if args.activation_checkpointing:  # or its old name gradient_checkpointing, which TrainingArguments maps
             for model in (policy, value_model):
                 model.activation_checkpointing_enable(args.activation_checkpointing_kwargs)
-        self.model = PolicyAndValue(policy, value_model)
-        # optim, optim_args, betas, ε and weight decay exactly as transformers' Trainer reads them.
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, self.model)
-        optimizer = optimizer_cls(self.model.parameters(), **optimizer_kwargs)
-        # One scheduler step per PPO step (as TRL's PPOTrainer), warm-up included.
-        self.lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                                          num_warmup_steps=args.get_warmup_steps(args.max_steps),
-                                          num_training_steps=args.max_steps,
-                                          scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
-        loader = torch.utils.data.DataLoader(
-            train_dataset, batch_size=args.local_batch_size, shuffle=True, drop_last=True,
-            collate_fn=lambda rows: [prompt_to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
-            generator=torch.Generator().manual_seed(args.seed))
-        if len(loader) == 0:
-            raise ValueError(f"{len(train_dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
+        model = PolicyAndValue(policy, value_model)
+        optimizer, lr_scheduler = self._optimizer_and_schedule(model)
         self.model, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
-            self.model, optimizer, loader, self.lr_scheduler)
+            model, optimizer, self._prompt_loader(train_dataset), lr_scheduler)
         if args.report_to:
             self.accelerator.init_trackers(args.run_name or "runs", config={k: v for k, v in args.to_dict().items()
                                                                          if isinstance(v, (int, float, str, bool))})
@@ -292,6 +277,48 @@ class PPOTrainer:
             pad_token_id=processing_class.pad_token_id)
         self.step, self.log_history = 0, []
         self.throughput = ThroughputMeter(device, args.peak_tflops, self.accelerator.num_processes)
+
+    def _reward_weights(self) -> torch.Tensor:
+        n_sources = int(self.reward_model is not None) + len(self.reward_funcs)
+        if not n_sources:
+            raise ValueError("PPO needs a reward: give reward_model, reward_funcs, or both.")
+        weights = torch.tensor(self.args.reward_weights or [1.0] * n_sources)
+        if len(weights) != n_sources:
+            raise ValueError(f"reward_weights has {len(weights)} entries for {n_sources} reward sources.")
+        return weights
+
+    def _accelerator(self) -> Accelerator:
+        """Mixed precision, trackers (report_to) and DDP options through Accelerate, as transformers' Trainer does."""
+        args = self.args
+        return Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.use_cpu,
+            mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+            log_with=args.report_to or None, project_dir=args.output_dir,
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=bool(args.ddp_find_unused_parameters))])
+
+    def _optimizer_and_schedule(self, model: nn.Module) -> tuple:
+        """optim, optim_args, betas, ε and weight decay exactly as transformers' Trainer reads them; one scheduler
+        step per PPO step (as TRL's PPOTrainer), warm-up included."""
+        args = self.args
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizer = optimizer_cls(model.parameters(), **optimizer_kwargs)
+        return optimizer, get_scheduler(args.lr_scheduler_type, optimizer,
+                                        num_warmup_steps=args.get_warmup_steps(args.max_steps),
+                                        num_training_steps=args.max_steps,
+                                        scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+
+    def _prompt_loader(self, dataset: Dataset) -> torch.utils.data.DataLoader:
+        """Batches of `local_batch_size` prompts as chat messages (with the system prompt), shuffled with the seed."""
+        args = self.args
+        check_prompt_column(dataset, args.prompt_column)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.local_batch_size, shuffle=True, drop_last=True,
+            collate_fn=lambda rows: [prompt_to_messages(r[args.prompt_column], args.system_prompt) for r in rows],
+            generator=torch.Generator().manual_seed(args.seed))
+        if len(loader) == 0:
+            raise ValueError(f"{len(dataset)} prompts is fewer than one rollout batch ({args.local_batch_size}).")
+        return loader
 
     # ---------------------------------------------------------------- rollout and scoring
 
@@ -474,8 +501,8 @@ class PPOTrainer:
                 self.throughput.pause()
                 self._save_checkpoint()
         progress.close()
-        self.save_models()
-        self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not end_training(): saving the model still needs every rank
+            tracker.finish()
         return self.log_history
 
     def _prompt_batches(self):
@@ -525,25 +552,24 @@ class PPOTrainer:
                 text = prompt[-1]["content"].replace("\n", " ").replace("|", "/")[:80]
                 f.write(f"| {text} | {completion.replace(chr(10), ' ').replace('|', '/')[:120]} | {score:.3f} |\n")
 
-    def save_models(self) -> None:
-        """The policy (with tokenizer and code) in output_dir, the value model in output_dir/value_model, curves."""
+    def throughput_summary(self) -> dict[str, float | str]:
+        return self.throughput.summary()
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """The policy (with tokenizer and code) in output_dir, the value model in output_dir/value_model; every rank
+        calls it (a sharded model is gathered first)."""
         self.accelerator.wait_for_everyone()
         sharded = self.accelerator.is_fsdp2
         full = self.accelerator.get_state_dict(self.model) if sharded else {}  # every rank takes part in the gather
         if not self.accelerator.is_main_process:
             return
-        out = Path(self.args.output_dir)
+        out = Path(output_dir or self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
         for name, folder in (("policy", out), ("value_model", out / "value_model")):
             part = {k.removeprefix(f"{name}."): v for k, v in full.items() if k.startswith(f"{name}.")}
             with own_class(getattr(model, name)) as submodel:
                 submodel.save_pretrained(folder, **({"state_dict": part} if sharded else {}))
             self.tokenizer.save_pretrained(folder)
-        write_json(out / "ppo_log.json", self.log_history)
-        plot_ppo_curves(self.log_history, out / "ppo_curves.png")
-        write_summary(out, "ppo", score_change(self.log_history),
-                      data=self.args.data_files or self.args.dataset_name, base_model=self.args.model_name_or_path,
-                      steps=self.step, throughput=self.throughput.summary())
 
 
 def score_change(history: list[dict]) -> dict:
@@ -569,13 +595,12 @@ def load_ppo_models(args: PPOConfig):
     """Policy and reference from the SFT folder; reward model and value model from the RM folder."""
     if not (args.reward_model_path or args.value_model_path):
         raise ValueError("Give reward_model_path (the value model starts from it) or value_model_path.")
-    tokenizer, policy = load_stage(args, AutoModelForCausalLM, "the SFT folder or Hub id")
+    tokenizer, policy = load_starting_model(args, AutoModelForCausalLM, "the SFT folder or Hub id")
     ref_policy = None
     if args.use_peft:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        policy = get_peft_model(policy, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
-                                                   target_modules=args.lora_target_modules, task_type="CAUSAL_LM"))
+        policy = get_peft_model(policy, peft_config(args))
     else:
         ref_policy = load_model(AutoModelForCausalLM, args.model_name_or_path, "the reference policy",
                                 args.trust_remote_code)
@@ -588,25 +613,44 @@ def load_ppo_models(args: PPOConfig):
     return tokenizer, policy, ref_policy, reward_model, value_model
 
 
-def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
-        resume_from_checkpoint: str | bool = True) -> PPOTrainer:
-    """Train with PPO; reward functions are `reward_funcs` or, if None, those named in `args.reward_functions`."""
-    with RunFolder(args, "PPO", resume_from_checkpoint, state_file="ppo_state.json") as run:
+class PPO(Stage):
+    """PPO as a stage: a PPOTrainer over the prompts; the summary's metrics are the score's change."""
+
+    name, title, state_file = "ppo", "PPO", "ppo_state.json"
+
+    def __init__(self, args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None):
+        super().__init__(args)
+        self.reward_funcs = reward_funcs
+
+    def build(self, checkpoint: str | None) -> PPOTrainer:
+        args = self.args
+        reward_funcs = self.reward_funcs
         if reward_funcs is None:
             reward_funcs = [load_reward_function(path) for path in args.reward_functions or []]
-        set_seed(args.seed)
         tokenizer, policy, ref_policy, reward_model, value_model = load_ppo_models(args)
         dataset = load_rows(args)
-        if args.prompt_column not in dataset.column_names:
-            raise ValueError(f"The prompt data has columns {dataset.column_names}, no {args.prompt_column!r}: set "
-                             "--prompt_column to the column that holds the prompts.")
+        check_prompt_column(dataset, args.prompt_column)
         dataset = dataset.select(prompts_that_fit(dataset[args.prompt_column], tokenizer,
                                                   policy.config.max_position_embeddings, args.response_length,
                                                   args.system_prompt, args.drop_long_prompts))
-        trainer = PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
-        run.begin()
-        run.train(trainer)
-    return trainer
+        return PPOTrainer(args, policy, ref_policy, value_model, tokenizer, dataset, reward_model, reward_funcs)
+
+    def evaluate(self, trainer: PPOTrainer) -> dict:
+        return score_change(trainer.log_history)
+
+    def write_files(self, trainer: PPOTrainer, metrics: dict) -> None:
+        out = Path(self.args.output_dir)
+        write_json(out / "ppo_log.json", trainer.log_history)
+        plot_ppo_curves(trainer.log_history, out / "ppo_curves.png")
+
+    def steps(self, trainer: PPOTrainer) -> int:
+        return trainer.step
 
 
-__all__ = ["PPOConfig", "PPOTrainer", "ppo"]
+def ppo(args: PPOConfig, reward_funcs: Sequence[RewardFunction] | None = None,
+        resume_from_checkpoint: str | bool = True) -> PPOTrainer:
+    """Train with PPO; reward functions are `reward_funcs` or, if None, those named in `args.reward_functions`."""
+    return PPO(args, reward_funcs).run(resume_from_checkpoint)
+
+
+__all__ = ["PPO", "PPOConfig", "PPOTrainer", "ppo"]

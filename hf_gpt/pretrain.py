@@ -23,31 +23,27 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
-    set_seed,
 )
 
 from .baselines import ngram_bits_per_byte
-from .configuration_hf_gpt import HfGptConfig
 from .data import build_lm_datasets, load_documents
-from .distributed import GatheredSaveMixin, multi_process_on_cpu
-from .hub import write_summary
+from .distributed import GatheredSaveMixin
+from .generation import complete
 from .loading import load_model, load_tokenizer
 from .modeling_hf_gpt import HfGptForCausalLM
-from .recipe_utils import check_max_steps, final_evaluation
 from .report import plot_panels
-from .run_folder import RunFolder
-from .throughput import PEAK_HELP, ThroughputMixin
-from .tokenizer import special_token_ids, train_tokenizer
+from .stage import ModelShapeConfig, Stage, StartingModelConfig, final_evaluation, new_model_config
+from .throughput import ThroughputMixin
+from .tokenizer import train_tokenizer
 
 
 @dataclass
-class PretrainConfig(TrainingArguments):
-    """TrainingArguments with pretraining defaults, plus data, tokenizer and model-shape fields."""
+class PretrainConfig(StartingModelConfig, ModelShapeConfig, TrainingArguments):
+    """TrainingArguments with pretraining defaults, plus data, tokenizer and model-shape fields (a fresh model unless
+    model_name_or_path names one to continue)."""
 
     # Data
     data_files: list[str] | None = field(default=None, metadata={"help": "Local .txt/.jsonl/.parquet files."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (load_dataset)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
     text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
     streaming: bool = field(default=False, metadata={"help": "Stream a corpus too big for the disk cache."})
     stream_validation_documents: int = field(default=0, metadata={"help": "With streaming and no validation split: "
@@ -57,28 +53,10 @@ class PretrainConfig(TrainingArguments):
                                                                             "stream)."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Tail of the stream held out for eval."})
     block_size: int = field(default=256, metadata={"help": "Tokens per training sequence (the context)."})
-    # Tokenizer
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "A trained tokenizer; if unset, a byte-level BPE is trained on the data."})
-    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size when training a tokenizer."})
-    # Model
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Continue from a saved hf_gpt folder or Hub id instead of a fresh model."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run modelling code from the model folder or "
-                                                                     "repo (hf_gpt models never need it)."})
-    n_layer: int = field(default=4, metadata={"help": "Decoder blocks."})
-    n_head: int = field(default=4, metadata={"help": "Attention heads."})
-    n_embd: int = field(default=256, metadata={"help": "Model width d_model."})
-    max_position_embeddings: int | None = field(default=None, metadata={"help": "Context limit (default block_size)."})
-    position_embedding_type: str = field(default="sinusoidal", metadata={"help": "sinusoidal, learned or rope."})
-    sinusoidal_base: float = field(default=10000.0, metadata={"help": "n in sin(k / n^(2i/d))."})
-    norm_position: str = field(default="pre", metadata={"help": "pre (GPT-2) or post (original Transformer)."})
-    hidden_act: str = field(default="gelu", metadata={"help": "Feed-forward activation: gelu, relu, ..."})
-    dropout: float = field(default=0.0, metadata={"help": "Embedding, attention and residual dropout."})
     # Logging
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"], metadata={"help": "Continued at each eval."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Length of each logged sample."})
-    # Defaults that differ from TrainingArguments' (set explicitly: see the issue's traps).
+    # Defaults that differ from TrainingArguments': a pretraining run's, set explicitly so YAML can show them.
     output_dir: str = field(default="runs/pretrain", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
@@ -90,20 +68,12 @@ class PretrainConfig(TrainingArguments):
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    # `None | str | list[str]` as in TrainingArguments: HfArgumentParser turns `str | list[str]` into [None].
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard, "
                                                                                         "none, ...)."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with a loss scaler (T4-class GPUs)."})
-    peak_tflops: float | None = field(default=None, metadata={"help": PEAK_HELP})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (saves memory)."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get gradients."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train afresh into an output_dir that holds "
-                                                                        "a finished model or checkpoints."})
 
     def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        check_max_steps(self.max_steps)
         super().__post_init__()
         if self.max_position_embeddings is None:
             self.max_position_embeddings = self.block_size
@@ -138,21 +108,7 @@ def build_model(args: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> HfG
         model = load_model(AutoModelForCausalLM, args.model_name_or_path, "the model to continue",
                            args.trust_remote_code)
     else:
-        config = HfGptConfig(
-            vocab_size=len(tokenizer),
-            n_layer=args.n_layer,
-            n_head=args.n_head,
-            n_embd=args.n_embd,
-            max_position_embeddings=args.max_position_embeddings,
-            position_embedding_type=args.position_embedding_type,
-            sinusoidal_base=args.sinusoidal_base,
-            norm_position=args.norm_position,
-            hidden_act=args.hidden_act,
-            embedding_dropout=args.dropout,
-            attention_dropout=args.dropout,
-            hidden_dropout=args.dropout,
-            **special_token_ids(tokenizer),
-        )
+        config = new_model_config(args, tokenizer)
         model = HfGptForCausalLM(config)
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(
@@ -234,9 +190,11 @@ class SampleCallback(TrainerCallback):
     take the same number of steps); rank 0 alone writes."""
 
     def on_evaluate(self, args: PretrainConfig, state, control, model=None, processing_class=None, **kwargs):
-        if model is None or processing_class is None:
+        if model is None or processing_class is None or not args.sample_prompts:
             return
-        samples = sample_continuations(model, processing_class, args.sample_prompts, args.sample_max_new_tokens)
+        # τ = 0.8 from a forked RNG: the training run's dropout and data order are the same whether or not it samples.
+        samples = complete(model, processing_class, args.sample_prompts, args.sample_max_new_tokens, seed=0,
+                           do_sample=True, temperature=0.8, top_k=0, top_p=1.0)
         if not state.is_world_process_zero:
             return
         with open(Path(args.output_dir) / "samples.md", "a", encoding="utf-8") as f:
@@ -244,25 +202,6 @@ class SampleCallback(TrainerCallback):
             for prompt, text in zip(args.sample_prompts, samples):
                 f.write(f"- {prompt!r} → {text!r}\n")
         print(f"[step {state.global_step}] sample: {args.sample_prompts[0]!r} → {samples[0]!r}")
-
-
-@torch.no_grad()
-def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int = 0) -> list[str]:
-    """Sampled continuations (τ = 0.8) from a seeded RNG forked off the training one: the training run's random
-    numbers (dropout, data order) are the same whether or not it samples."""
-    was_training = model.training
-    model.eval()
-    outputs = []
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-            room = model.config.max_position_embeddings - ids.shape[1]
-            out = model.generate(ids, max_new_tokens=min(max_new_tokens, room), do_sample=True, temperature=0.8,
-                                 top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
-            outputs.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    model.train(was_training)
-    return outputs
 
 
 def plot_curves(log_history: list[dict], path: Path) -> None:
@@ -298,35 +237,43 @@ def load_corpus(args: PretrainConfig, checkpoint: str | None = None
     return tokenizer, train, validation
 
 
-def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool = True,
-             callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
-    """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
-    with RunFolder(args, "pretraining", resume_from_checkpoint) as run:
-        set_seed(args.seed)  # before the model is built: its initial weights must not depend on luck
-        tokenizer, train, validation = load_corpus(args, run.checkpoint)
-        model = build_model(args, tokenizer)
-        trainer = PretrainTrainer(
-            model=model,
+class Pretraining(Stage):
+    """Stage 1: train the BPE (unless given) and a fresh or continued GPT on raw text."""
+
+    name, title = "base", "pretraining"
+
+    def __init__(self, args: PretrainConfig, callbacks: list[TrainerCallback] | None = None):
+        super().__init__(args)
+        self.callbacks = callbacks or []
+
+    def build(self, checkpoint: str | None) -> PretrainTrainer:
+        args = self.args
+        tokenizer, self.train_data, self.validation = load_corpus(args, checkpoint)
+        return PretrainTrainer(
+            model=build_model(args, tokenizer),
             args=args,
-            train_dataset=train,
-            eval_dataset=validation,
+            train_dataset=self.train_data,
+            eval_dataset=self.validation,
             processing_class=tokenizer,
             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # labels = ids; the model shifts
             compute_metrics=make_compute_metrics(tokenizer),
             preprocess_logits_for_metrics=per_token_nll,
-            callbacks=[SampleCallback(), *(callbacks or [])],
+            callbacks=[SampleCallback(), *self.callbacks],
         )
-        run.begin()
-        run.train(trainer)
-        if validation is not None:
+
+    def evaluate(self, trainer: PretrainTrainer) -> dict:
+        if self.validation is not None:
             final_evaluation(trainer)
-            baselines = ngram_baselines(train, validation, tokenizer)
+            baselines = ngram_baselines(self.train_data, self.validation, trainer.processing_class)
             if baselines:
                 trainer.log(baselines)
-        trainer.save_model(args.output_dir)  # weights (safetensors), config with auto_map, code files, tokenizer
-        if trainer.is_world_process_zero():
-            plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
-            write_summary(args.output_dir, "base", pretrain_metrics(trainer.state.log_history),
-                          data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
-    return trainer
+        return pretrain_metrics(trainer.state.log_history)
+
+    def write_files(self, trainer: PretrainTrainer, metrics: dict) -> None:
+        plot_curves(trainer.state.log_history, Path(self.args.output_dir) / "curves.png")
+
+
+def pretrain(args: PretrainConfig, resume_from_checkpoint: str | bool = True,
+             callbacks: list[TrainerCallback] | None = None) -> PretrainTrainer:
+    """Load data, tokenizer and model, train, save the final folder (weights, tokenizer, code), plot the curves."""
+    return Pretraining(args, callbacks).run(resume_from_checkpoint)

@@ -3,19 +3,24 @@
 import json
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .generation import complete
+from .hub import render_template
+from .modeling_hf_gpt import sinusoidal_position_encoding
+from .run_folder import write_json
 
-from .modeling_hf_gpt import sinusoidal_position_encoding  # noqa: E402
-from .run_folder import write_json  # noqa: E402
+
+def figure(*grid: int, **kwargs) -> tuple:
+    """A figure and its axes drawn without pyplot: a library must not switch its user's matplotlib backend."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def plot_position_encoding(path: Path, length: int = 64, dim: int = 128, base: float = 10000.0) -> Path:
     """The (L, d) sinusoidal matrix P(k,2i)=sin(k/n^(2i/d)), P(k,2i+1)=cos(k/n^(2i/d)) as a heatmap."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = figure(figsize=(7, 3.5))
     image = ax.imshow(sinusoidal_position_encoding(length, dim, base).numpy(), aspect="auto", cmap="RdBu")
     ax.set_xlabel("dimension i")
     ax.set_ylabel("position k")
@@ -23,7 +28,6 @@ def plot_position_encoding(path: Path, length: int = 64, dim: int = 128, base: f
     fig.colorbar(image)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -37,14 +41,13 @@ def plot_attention(model, tokenizer, text: str, path: Path, layer: int = -1, nam
     weights = model(ids, output_attentions=True).attentions[layer][0].mean(0).float().cpu()  # (T, T)
     model.set_attn_implementation(previous)
     tokens = [tokenizer.decode([t]) for t in ids[0]]
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = figure(figsize=(6, 5.5))
     ax.imshow(weights.numpy(), cmap="viridis")
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     ax.set_title(f"{name}Attention, layer {layer % model.config.num_hidden_layers}, mean over heads")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -52,7 +55,7 @@ def plot_sft_loss_mask(tokenizer, messages: list[dict], path: Path) -> Path:
     """One SFT example, token by token: green tokens carry loss (the reply and its eos), grey ones are masked."""
     out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
     tokens = [tokenizer.decode([t]).replace("\n", "⏎") for t in out["input_ids"]]
-    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.35 * (len(tokens) // 14)))
+    fig, ax = figure(figsize=(10, 1.6 + 0.35 * (len(tokens) // 14)))
     ax.axis("off")
     x, y = 0.0, 1.0
     for token, counted in zip(tokens, out["assistant_masks"]):
@@ -64,7 +67,6 @@ def plot_sft_loss_mask(tokenizer, messages: list[dict], path: Path) -> Path:
         x += width
     ax.set_title("SFT loss mask: green = response tokens (loss), grey = prompt (masked, label -100)", fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -73,7 +75,7 @@ Series = dict[str, list[tuple[float, float]]]  # label → (x, y) points
 
 def plot_panels(path: Path, panels: list[tuple[str, str, Series]], width: float = 6.0) -> Path:
     """Line plots side by side, one (title, x label, series) per panel, as a PNG: every curve of the project."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
+    fig, axes = figure(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
     for ax, (title, xlabel, series) in zip(axes[0], panels):
         for label, points in series.items():
             if points:
@@ -83,7 +85,6 @@ def plot_panels(path: Path, panels: list[tuple[str, str, Series]], width: float 
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -109,9 +110,6 @@ def _fmt(value) -> str:
 
 # ------------------------------------------------------------------ the pipeline report (`make demo`)
 
-STAGE_NAMES = ("base", "sft", "reward", "ppo")
-
-
 def accuracy_rows(metrics: dict[str, dict]) -> tuple[list[dict], list[dict]]:
     """Rows of the two accuracy tables (per stage and split; per stage, split and language), or none without a
     checker (real data)."""
@@ -127,41 +125,6 @@ def accuracy_rows(metrics: dict[str, dict]) -> tuple[list[dict], list[dict]]:
                                 "greedy ko": s["exact_ko"], "sampled en": s["sampled_en"],
                                 "sampled ko": s["sampled_ko"]})
     return overall, by_language
-
-
-WHAT_STAGES_CHANGE = """What each stage can change: SFT teaches the answer format, and knowledge of held-out subjects
-can only come from pretraining. PPO on the reward model's score moves the format (one sentence, no rambling) on every
-question; it cannot supply a fact the model never learned, so a held-out question the SFT model gets factually wrong
-stays wrong."""
-
-
-def recall_line(metrics: dict[str, dict]) -> str:
-    recall = metrics["sft"].get("fact_recall_base")
-    if not recall:
-        return ""
-    return ("Knowledge in the base model, as plain text (it continues \"The capital of Norway is\" with \" Oslo.\"): "
-            + ", ".join(f"{split} {value:.2f}" for split, value in recall.items()) + ". A chat answer to a held-out "
-            "question needs both this fact and the answer format learnt on other subjects.\n\n")
-
-
-def accuracy_section(metrics: dict[str, dict]) -> str:
-    overall, by_language = accuracy_rows(metrics)
-    if not overall:
-        return ""
-    return f"""## Accuracy after each stage: seen and held-out questions
-
-*Held-out* questions are about subjects (4 countries, 20 number pairs) that occur only in the pretraining text, never in
-an SFT, preference or PPO row; *seen* questions are training questions, shown for comparison. Each question is asked
-with no system prompt, the lecture's, or one never used in training, in turn. Exact = the one right sentence, then eos;
-right fact first = the reply starts with the right sentence (the knowledge), whatever follows; one sentence = the
-format the raters prefer. With 48 questions a split, a greedy figure has a standard error of up to 0.07.
-
-{markdown_table(overall)}
-
-{markdown_table(by_language)}
-
-{recall_line(metrics)}{WHAT_STAGES_CHANGE}
-"""
 
 
 # ------------------------------------------------------------------ every number next to its baseline
@@ -188,7 +151,7 @@ def baseline_rows(m: dict[str, dict]) -> list[dict]:
     if "skipped" in reward:
         rows.append({"stage": "reward model", "measure": "skipped", "value": "—", "baseline": reward["skipped"],
                      "beats baseline": "—"})
-    elif "eval_pairs" in reward:  # (a stage finished by an older hf-gpt has no baseline figures)
+    elif "eval_pairs" in reward:  # without held-out pairs there is no accuracy to set beside chance
         rows.append({"stage": "reward model", "measure": f"held-out pairwise accuracy ({reward['eval_pairs']} pairs)",
                      "value": f"{reward['pairwise_accuracy']:.3f} ± {reward['standard_error']:.3f}",
                      "baseline": f"chance 0.5 (a coin reaches {reward['chance_bound']:.3f} at 95 %)",
@@ -204,13 +167,6 @@ def baseline_rows(m: dict[str, dict]) -> list[dict]:
                      "baseline": "no change (noise of the per-step batch means)",
                      "beats baseline": verdict(ppo["beats_baseline"])})
     return rows
-
-
-BASELINES_NOTE = """A stage *beats* its baseline when: its bits per byte are below those of a bigram table counted on
-the same training tokens (same validation targets); its held-out loss is below that of the same fine-tuning from random
-weights (same held-out rows; one seed each, no interval); its pairwise accuracy is above what a coin reaches on as many
-pairs in 95 % of runs; its score change has a 95 % interval above zero. A stage marked **no** learnt nothing its
-baseline could not, and the stages after it are read with that in mind."""
 
 
 def sft_sample_rows(out: Path) -> list[dict]:
@@ -236,25 +192,14 @@ def chat_samples(model, tokenizer, questions: tuple[str, ...] = ("What is the ca
     for question in questions:
         prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
             {"role": "user", "content": question}]
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
         row = {"question": question}
         for tau in (0.2, 1.0):
-            torch.manual_seed(0)
-            out = model.generate(ids.repeat(10, 1), do_sample=True, temperature=tau, top_p=1.0, top_k=0,
-                                 max_new_tokens=24, pad_token_id=tokenizer.pad_token_id)
-            answers = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            answers = complete(model, tokenizer, [prompt] * 10, 24, seed=0, do_sample=True, temperature=tau,
+                               top_p=1.0, top_k=0)
             row[f"τ={tau}: first answer"] = answers[0]
             row[f"τ={tau}: distinct of 10"] = len(set(answers))
         rows.append(row)
     return rows
-
-
-def stage_table(m: dict[str, dict], name: str, keys: list[str]) -> str:
-    stage = m.get(name, {"skipped": "not run"})
-    if "skipped" in stage:
-        return f"Skipped: {stage['skipped']}"
-    return markdown_table([{k: stage.get(k) for k in keys}])
 
 
 def write_report(out: Path, data_name: str, metrics: dict[str, dict],
@@ -285,55 +230,23 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
     plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
                {"after pretraining": m["sft"]["eval_loss_curve"],
                 **({"without pretraining": m["sft_scratch"]["eval_loss_curve"]} if "sft_scratch" in ran else {})})
-    ppo_plot = ""
     if "ppo" in ran:
         plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
                    {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
-        ppo_plot = "![ppo](plots/ppo_reward_kl.png)"
     samples = sft_sample_rows(out) if "accuracy" not in m["sft"] else []
-    text = f"""# hf-gpt pipeline report — data: {data_name}
+    overall, by_language = accuracy_rows(m)
+    recall = ", ".join(f"{split} {value:.2f}" for split, value in (m["sft"].get("fact_recall_base") or {}).items())
 
-| stage | seconds |
-|---|---:|
-""" + "".join(f"| {name} | {m[name]['seconds']} |\n" for name in ran) + f"""
-## Every figure beside its baseline
+    def stage_table(name: str, keys: list[str]) -> str:
+        stage = m.get(name, {"skipped": "not run"})
+        if "skipped" in stage:
+            return f"Skipped: {stage['skipped']}"
+        return markdown_table([{k: stage.get(k) for k in keys}])
 
-{markdown_table(verdicts)}
-
-{BASELINES_NOTE}
-
-## 1. Pretraining (next-token cross-entropy)
-{stage_table(m, "base", ["steps", "epochs", "val_bpb_first", "val_bpb_last", "baseline_unigram_bpb",
-                         "baseline_bigram_bpb"])}
-
-![bpb](plots/pretrain_bpb.png) ![curves](base/curves.png)
-
-![positional encoding](plots/position_encoding.png)
-
-## 2. SFT (loss on response tokens only)
-{stage_table(m, "sft", ["steps", "epochs", "eval_loss"])}
-
-![sft loss](plots/sft_eval_loss.png) ![mask](plots/sft_loss_mask.png)
-""" + (f"""
-Prompts of held-out rows (the validation split: rows never trained on; the split is by row, so a prompt that
-occurs twice in the data can be on both sides), greedy replies:
-
-{markdown_table(samples)}
-""" if samples else "") + f"""
-## 3. Reward model (ranked pairs)
-{stage_table(m, "reward", ["steps", "epochs", "pairwise_accuracy", "standard_error", "eval_pairs"])}
-
-## 4. PPO (reward = RM score, KL penalty to the SFT model)
-{stage_table(m, "ppo", ["steps", "score_first", "score_last", "kl_max"])}
-
-{ppo_plot}
-
-{accuracy_section(m)}
-## 5. Talking to the final model ({final.name}, no system prompt)
-{markdown_table(chat_samples(model, tokenizer, questions))}
-
-![attention](plots/attention.png)
-"""
+    text = render_template("pipeline_report.md.j2", trim_blocks=True, data_name=data_name, ran=ran, m=m,
+                           verdicts=verdicts, samples=samples, overall=overall, by_language=by_language,
+                           recall=recall, final=final.name, chat=chat_samples(model, tokenizer, questions),
+                           table=markdown_table, stage_table=stage_table)
     path = out / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
@@ -367,7 +280,7 @@ def plot_cross_attention(model, tokenizer, source: str, path: Path, layer: int =
     source_tokens = [tokenizer.decode([t]) for t in ids[0]]
     target_tokens = [tokenizer.decode([t]) for t in generated[0, 1:]]  # what each row produced
     font = korean_font()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = figure(figsize=(6, 5))
     ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
     labels = target_tokens if font else [str(i) for i in range(len(target_tokens))]
@@ -377,7 +290,6 @@ def plot_cross_attention(model, tokenizer, source: str, path: Path, layer: int =
     ax.set_title(f"Cross-attention, decoder layer {layer % model.config.num_hidden_layers}, mean over heads")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path, target_tokens
 
 

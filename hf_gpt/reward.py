@@ -15,22 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, set_seed
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from .baselines import against_chance
 from .chat import defuse, normalize_messages, prompt_to_messages
 from .data import convert_rows, load_rows
-from .hub import write_summary
-from .recipe_utils import RecipeFields, hold_out, load_stage
-from .run_folder import RunFolder, write_json
+from .run_folder import write_json
+from .stage import ChatConfig, Stage, fit_max_length, hold_out, load_starting_model
 from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardRecipeConfig(RecipeFields, RewardConfig):
+class RewardRecipeConfig(ChatConfig, RewardConfig):
     """TRL's RewardConfig plus data fields (every one settable from YAML)."""
 
     validation_fraction: float = field(default=0.1, metadata={"help": "Pairs held out for pairwise accuracy."})
@@ -40,8 +39,6 @@ class RewardRecipeConfig(RecipeFields, RewardConfig):
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=50, metadata={"help": "Evaluate every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
-
 
 
 def to_preference(row: dict, system_prompt: str | None = None) -> dict:
@@ -89,32 +86,35 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     return convert_rows(dataset, lambda row: to_preference(row, system_prompt), too_long, "Preference")
 
 
+class RewardModelling(Stage):
+    """Train the RM, report held-out pairwise accuracy against chance, save it (the accuracy in the card)."""
+
+    name, title = "reward", "reward"
+
+    def build(self, checkpoint: str | None) -> RewardTrainer:
+        args = self.args
+        tokenizer, model = load_starting_model(args, AutoModelForSequenceClassification, "the SFT folder or Hub id",
+                                               num_labels=1)
+        pairs, self.report = prepare_preferences(load_rows(args), tokenizer, fit_max_length(args, model),
+                                                 args.system_prompt)
+        logger.warning("Preference data: %s", dict(self.report))
+        train, self.evaluation = hold_out(pairs, args)
+        return with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train,
+                                              eval_dataset=self.evaluation, processing_class=tokenizer)
+
+    def evaluate(self, trainer: RewardTrainer) -> dict:
+        summary = {"data": dict(self.report), "epochs": trainer.state.epoch}
+        if self.evaluation is None:
+            return {"pairwise_accuracy": None, "eval_loss": None, **summary}
+        metrics = trainer.evaluate()
+        chance = against_chance(metrics["eval_accuracy"], len(self.evaluation))  # a coin: 0.5 ± 0.5/√n
+        return {"pairwise_accuracy": metrics["eval_accuracy"], "eval_loss": metrics["eval_loss"], **summary,
+                "eval_pairs": len(self.evaluation),
+                **{k: chance[k] for k in ("standard_error", "chance_bound", "beats_baseline")}}
+
+    def write_files(self, trainer: RewardTrainer, metrics: dict) -> None:
+        write_json(Path(self.args.output_dir) / "reward_metrics.json", metrics)
+
+
 def train_reward_model(args: RewardRecipeConfig, resume_from_checkpoint: str | bool = True) -> RewardTrainer:
-    """Train the RM, report held-out pairwise accuracy, save it (with the accuracy in the card metadata)."""
-    with RunFolder(args, "reward", resume_from_checkpoint) as run:
-        set_seed(args.seed)
-        tokenizer, model = load_stage(args, AutoModelForSequenceClassification, "the SFT folder or Hub id",
-                                      num_labels=1)
-        if args.max_length is None or args.max_length > model.config.max_position_embeddings:
-            args.max_length = model.config.max_position_embeddings
-        pairs, report = prepare_preferences(load_rows(args), tokenizer, args.max_length, args.system_prompt)
-        logger.warning("Preference data: %s", dict(report))
-        train, evaluation = hold_out(pairs, args)
-        trainer = with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train,
-                                                 eval_dataset=evaluation, processing_class=tokenizer)
-        run.begin()
-        run.train(trainer)
-        metrics = trainer.evaluate() if evaluation is not None else {}
-        trainer.save_model(args.output_dir)
-        if trainer.is_world_process_zero():
-            summary = {"pairwise_accuracy": metrics.get("eval_accuracy"), "eval_loss": metrics.get("eval_loss"),
-                       "data": dict(report), "epochs": trainer.state.epoch}
-            if evaluation is not None:  # against chance: a coin gets 0.5 ± 0.5/√n
-                chance = against_chance(metrics["eval_accuracy"], len(evaluation))
-                summary.update(eval_pairs=len(evaluation), standard_error=chance["standard_error"],
-                               chance_bound=chance["chance_bound"], beats_baseline=chance["beats_baseline"])
-            write_json(Path(args.output_dir) / "reward_metrics.json", summary)
-            write_summary(args.output_dir, "reward", summary, data=args.data_files or args.dataset_name,
-                          base_model=args.model_name_or_path, steps=trainer.state.global_step,
-                          throughput=trainer.throughput_summary())
-    return trainer
+    return RewardModelling(args).run(resume_from_checkpoint)

@@ -33,13 +33,13 @@ logger = logging.getLogger(__name__)
 RUN_RECORD = "run.json"
 SUMMARY = "training_summary.json"  # written last by every stage: the folder holds a finished model
 LOCK = ".hf-gpt.lock"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 # Files that make a folder a model: a run refuses to train over them unless the folder is its own unfinished run.
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                "adapter_config.json", "adapter_model.safetensors")
 # Fields whose content is recorded (a fingerprint), not their spelling: the same file from another path is the same.
+# Besides these, every field named `*_path` (a model, tokenizer, reward model, chat template, a new stage's teacher).
 DATA_FIELDS = ("data_files", "eval_data_files", "dataset_name")
-MODEL_FIELDS = ("model_name_or_path", "tokenizer_name_or_path", "reward_model_path", "value_model_path")
 # Settings a resumed run may change: where, how often and how much it logs, evaluates, saves and reports, and how
 # its work is scheduled on the machine. Nothing here changes the trained weights.
 MAY_CHANGE = frozenset({
@@ -54,7 +54,6 @@ MAY_CHANGE = frozenset({
     "torch_compile_mode", "activation_checkpointing", "activation_checkpointing_kwargs", "gradient_checkpointing",
     "gradient_checkpointing_kwargs", "peak_tflops", "sample_prompts", "sample_max_new_tokens", "sample_every",
     "num_sample_answers", "skip_memory_metrics", "include_num_input_tokens_seen", "trust_remote_code",
-    *DATA_FIELDS, *MODEL_FIELDS,
 })
 
 
@@ -118,9 +117,10 @@ def fingerprint(value) -> object:
 def run_record(args, stage: str, processes: int) -> dict:
     """What a resumed run must share with the run that wrote the checkpoints."""
     values = args.to_dict() if hasattr(args, "to_dict") else dataclasses.asdict(args)
-    settings = {k: v for k, v in sorted(values.items()) if k not in MAY_CHANGE and not k.startswith("_")}
-    inputs = {k: fingerprint(getattr(args, k, None)) for k in (*DATA_FIELDS, *MODEL_FIELDS)
-              if getattr(args, k, None)}
+    is_input = lambda k: k in DATA_FIELDS or k.endswith("_path")
+    settings = {k: v for k, v in sorted(values.items()) if k not in MAY_CHANGE and not is_input(k)
+                and not k.startswith("_")}
+    inputs = {k: fingerprint(getattr(args, k)) for k in sorted(values) if is_input(k) and getattr(args, k, None)}
     return {"version": RECORD_VERSION, "stage": stage, "processes": processes, "inputs": inputs,
             "settings": json.loads(json.dumps(settings, default=str))}
 

@@ -10,43 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import Dataset, load_dataset
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from .configuration_hf_gpt import HfGptConfig
-from .data import check_text_file, write_jsonl
-from .distributed import GatheredSaveMixin, multi_process_on_cpu
-from .hub import write_summary
+from .data import read_rows, write_jsonl
+from .distributed import GatheredSaveMixin
 from .loading import load_tokenizer
 from .modeling_hf_gpt import HfGptForConditionalGeneration
-from .recipe_utils import check_max_steps, final_evaluation
-from .run_folder import RunFolder
-from .throughput import PEAK_HELP, ThroughputMixin
-from .tokenizer import special_token_ids, train_tokenizer
-from .world import CAPITALS, HELD_OUT_COUNTRIES, HELD_OUT_SUMS, korean_particle
-
-# ---------------------------------------------------------------- the world's parallel sentences
-
-
-def translation_pairs(split: str) -> list[dict]:
-    """English → Korean sentences of the demo world. Held out ("held_out"): the statements about the held-out
-    countries and sums. Their words are all trained (the country in its question, the capital in "X is a big city",
-    the digits everywhere): translating them needs the sentence pattern applied to new subjects, not memory."""
-    if split not in ("train", "held_out"):
-        raise ValueError(f"split must be train or held_out, got {split!r}")
-    rows = []
-    for name, capital, name_ko, capital_ko in CAPITALS:
-        held = name in HELD_OUT_COUNTRIES
-        rows.append((f"What is the capital of {name}?", f"{name_ko}의 수도는 어디입니까?", False))
-        rows.append((f"{capital} is a big city.", f"{korean_particle(capital_ko, '은/는')} 큰 도시입니다.", False))
-        rows.append((f"The capital of {name} is {capital}.", f"{name_ko}의 수도는 {capital_ko}입니다.", held))
-    for a in range(10):
-        for b in range(10):
-            subject = f"{a} 더하기 {korean_particle(b, '은/는')}"
-            rows.append((f"What is {a} plus {b}?", f"{subject} 얼마입니까?", False))
-            rows.append((f"{a} plus {b} is {a + b}.", f"{subject} {a + b}입니다.", (a, b) in HELD_OUT_SUMS))
-    return [{"source": s, "target": t} for s, t, held in rows if held == (split == "held_out")]
-
+from .stage import ModelShapeConfig, Stage, StageConfig, final_evaluation, new_model_config
+from .throughput import ThroughputMixin
+from .tokenizer import train_tokenizer
+from .world import translation_pairs  # the embedded data set: the default pairs when no files are given
 
 # ---------------------------------------------------------------- metrics
 
@@ -128,7 +102,7 @@ def lecture_shapes(model: HfGptForConditionalGeneration, source_ids: torch.Tenso
 
 
 @dataclass
-class TranslateConfig(Seq2SeqTrainingArguments):
+class TranslateConfig(StageConfig, ModelShapeConfig, Seq2SeqTrainingArguments):
     """Seq2SeqTrainingArguments plus the data, tokenizer and shape of a new hf_gpt encoder-decoder."""
 
     data_files: list[str] | None = field(default=None, metadata={"help": "Training .jsonl rows {source, target} "
@@ -143,16 +117,9 @@ class TranslateConfig(Seq2SeqTrainingArguments):
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size when training a tokenizer."})
     n_encoder_layer: int = field(default=2, metadata={"help": "Encoder blocks (bidirectional)."})
     n_layer: int = field(default=2, metadata={"help": "Decoder blocks (masked self-attention + cross-attention)."})
-    n_head: int = field(default=4, metadata={"help": "Attention heads."})
     n_embd: int = field(default=128, metadata={"help": "Model width d_model."})
     max_position_embeddings: int = field(default=128, metadata={"help": "Longest source or target, in tokens."})
-    position_embedding_type: str = field(default="sinusoidal", metadata={"help": "sinusoidal, learned or rope."})
-    norm_position: str = field(default="pre", metadata={"help": "pre (GPT-2) or post (original Transformer)."})
-    hidden_act: str = field(default="gelu", metadata={"help": "Feed-forward activation: gelu, relu, ..."})
     dropout: float = field(default=0.1, metadata={"help": "Embedding, attention and residual dropout."})
-    peak_tflops: float | None = field(default=None, metadata={"help": PEAK_HELP})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train afresh into an output_dir that holds "
-                                                                        "a finished model or checkpoints."})
     output_dir: str = field(default="runs/translate", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     num_train_epochs: float = field(default=30, metadata={"help": "Passes over the training pairs."})
@@ -164,20 +131,12 @@ class TranslateConfig(Seq2SeqTrainingArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep this many checkpoints."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Loggers (tensorboard, none...)."})
-
-    def __post_init__(self):
-        self.use_cpu = self.use_cpu or multi_process_on_cpu()
-        check_max_steps(self.max_steps)
-        super().__post_init__()
 
 
 def _rows(files: list[str] | None, default: str, args: TranslateConfig) -> list[dict]:
     if not files:
         return translation_pairs(default)
-    for path in files:  # one line naming the file and line of bad JSON, before `datasets` reads it
-        check_text_file(Path(path))
-    rows = load_dataset("json", data_files=list(files), split="train")
+    rows = read_rows(files)
     for column in (args.source_column, args.target_column):
         if column not in rows.column_names:
             raise ValueError(f"{files[0]} has no column {column!r} (it has {rows.column_names}): set source_column / "
@@ -186,44 +145,48 @@ def _rows(files: list[str] | None, default: str, args: TranslateConfig) -> list[
 
 
 def build_translation_model(args: TranslateConfig, tokenizer) -> HfGptForConditionalGeneration:
-    config = HfGptConfig(
-        vocab_size=len(tokenizer), is_encoder_decoder=True, num_encoder_layers=args.n_encoder_layer,
-        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-        max_position_embeddings=args.max_position_embeddings, position_embedding_type=args.position_embedding_type,
-        norm_position=args.norm_position, hidden_act=args.hidden_act, embedding_dropout=args.dropout,
-        attention_dropout=args.dropout, hidden_dropout=args.dropout,
-        decoder_start_token_id=tokenizer.bos_token_id, **special_token_ids(tokenizer),
-    )
-    return HfGptForConditionalGeneration(config)
+    return HfGptForConditionalGeneration(new_model_config(
+        args, tokenizer, is_encoder_decoder=True, num_encoder_layers=args.n_encoder_layer,
+        decoder_start_token_id=tokenizer.bos_token_id))
 
 
-def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool = True) -> Seq2SeqTrainer:
+class Translation(Stage):
     """Train the tokenizer on both sides, then the encoder-decoder; report held-out exact match and chrF."""
-    with RunFolder(args, "translation", resume_from_checkpoint) as run:
-        set_seed(args.seed)
-        train_rows, test_rows = _rows(args.data_files, "train", args), _rows(args.eval_data_files, "held_out", args)
-        leaked = {r["source"] for r in train_rows} & {r["source"] for r in test_rows}
+
+    name, title = "seq2seq", "translation"
+
+    def build(self, checkpoint: str | None) -> "TranslationTrainer":
+        args = self.args
+        train_rows, self.test_rows = _rows(args.data_files, "train", args), _rows(args.eval_data_files, "held_out",
+                                                                                  args)
+        leaked = {r["source"] for r in train_rows} & {r["source"] for r in self.test_rows}
         if leaked:
             raise ValueError(f"{len(leaked)} held-out sources are also training sources (e.g. {sorted(leaked)[0]!r}).")
-        tokenizer = translation_tokenizer(args, train_rows, run.checkpoint)
-        model = build_translation_model(args, tokenizer)
-        trainer, test = translation_trainer(args, tokenizer, model, train_rows, test_rows)
-        run.begin()
-        run.train(trainer)
-        if args.eval_strategy != "no":
+        tokenizer = translation_tokenizer(args, train_rows, checkpoint)
+        self.train_pairs = len(train_rows)
+        trainer, _ = translation_trainer(args, tokenizer, build_translation_model(args, tokenizer), train_rows,
+                                         self.test_rows)
+        return trainer
+
+    def evaluate(self, trainer: "TranslationTrainer") -> dict:
+        if self.args.eval_strategy != "no":
             final_evaluation(trainer)
-        hypotheses = translate(model, tokenizer, [r["source"] for r in test_rows])
-        references = [r["target"] for r in test_rows]
-        metrics = {"held_out_exact_match": exact_match(hypotheses, references),
-                   "held_out_chrf": chrf(hypotheses, references), "train_pairs": len(train_rows),
-                   "held_out_pairs": len(test_rows)}
-        trainer.save_model(args.output_dir)
-        if trainer.is_world_process_zero():
-            write_jsonl(Path(args.output_dir) / "held_out_translations.jsonl",
-                        [{**r, "translation": h} for r, h in zip(test_rows, hypotheses)])
-            write_summary(args.output_dir, "seq2seq", metrics, data=args.data_files or "demo world pairs",
-                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
-    return trainer
+        self.hypotheses = translate(trainer.model, trainer.processing_class, [r["source"] for r in self.test_rows])
+        references = [r["target"] for r in self.test_rows]
+        return {"held_out_exact_match": exact_match(self.hypotheses, references),
+                "held_out_chrf": chrf(self.hypotheses, references), "train_pairs": self.train_pairs,
+                "held_out_pairs": len(self.test_rows)}
+
+    def write_files(self, trainer: "TranslationTrainer", metrics: dict) -> None:
+        write_jsonl(Path(self.args.output_dir) / "held_out_translations.jsonl",
+                    [{**r, "translation": h} for r, h in zip(self.test_rows, self.hypotheses)])
+
+    def data_source(self):
+        return self.args.data_files or "demo world pairs"
+
+
+def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool = True) -> "TranslationTrainer":
+    return Translation(args).run(resume_from_checkpoint)
 
 
 def translation_tokenizer(args: TranslateConfig, train_rows: list[dict], checkpoint: str | None):

@@ -16,35 +16,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from .chat import defuse, normalize_messages, with_system_prompt
 from .data import convert_rows, load_rows
-from .hub import write_summary
-from .recipe_utils import RecipeFields, final_evaluation, hold_out, load_stage
-from .run_folder import RunFolder
+from .generation import complete
+from .stage import (
+    ChatConfig,
+    LoraConfigFields,
+    Stage,
+    final_evaluation,
+    fit_max_length,
+    hold_out,
+    load_starting_model,
+    peft_config,
+)
 from .throughput import with_throughput
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTRecipeConfig(RecipeFields, SFTConfig):
+class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
     """TRL's SFTConfig plus data, system prompt and LoRA fields (every one settable from YAML)."""
 
     validation_fraction: float = field(default=0.1, metadata={"help": "Rows held out for eval loss and samples."})
     num_sample_answers: int = field(default=4, metadata={"help": "Held-out prompts answered at the end."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "Modules that get adapters."})
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA-merged model in merged/."})
     # Defaults that differ from SFTConfig's.
     output_dir: str = field(default="runs/sft", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
     max_length: int | None = field(default=None, metadata={"help": "Context (default: the model's)."})
+    assistant_only_loss: bool | None = field(default=None, metadata={"help": "Loss on the assistant turns only "
+                                                                             "(default: for conversations)."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: float | None = field(default=50, metadata={"help": "Evaluate every N steps."})
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
@@ -134,22 +139,6 @@ def _ids(output) -> list[int]:
 # ------------------------------------------------------------------ training
 
 
-def sample_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers through the chat template, stopping at eos."""
-    was_training = model.training
-    model.eval()
-    answers = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"].to(model.device)
-        room = max(1, min(max_new_tokens, model.config.max_position_embeddings - ids.shape[1]))
-        out = model.generate(ids, max_new_tokens=room, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False))
-    model.train(was_training)
-    return answers
-
-
 def _prompt_of(example: dict) -> list[dict]:
     if "prompt" in example:
         return example["prompt"]
@@ -158,63 +147,51 @@ def _prompt_of(example: dict) -> list[dict]:
     return messages[:first_reply]
 
 
-def build_sft_trainer(args: SFTRecipeConfig) -> tuple[SFTTrainer, Counter, Dataset | None]:
-    set_seed(args.seed)
-    tokenizer, model = load_stage(args, AutoModelForCausalLM, "a pretrained hf_gpt folder or Hub id")
-    if args.max_length is None or args.max_length > model.config.max_position_embeddings:
-        args.max_length = model.config.max_position_embeddings
-    rows, report = prepare_sft_dataset(load_rows(args), tokenizer, args.max_length, args.system_prompt)
-    logger.warning("SFT data: %s", dict(report))
-    train, evaluation = hold_out(rows, args)
-    if "messages" in rows.column_names:
-        args.assistant_only_loss = True
-    else:
-        args.completion_only_loss = True
-    peft_config = None
-    if args.use_peft:
-        from peft import LoraConfig
+class SupervisedFineTuning(Stage):
+    """Fine-tune, evaluate, answer held-out prompts, save (adapter and/or merged model) with tokenizer and code."""
 
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                                 target_modules=args.lora_target_modules, task_type="CAUSAL_LM")
-    trainer = with_throughput(SFTTrainer)(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                         processing_class=tokenizer, peft_config=peft_config)
-    return trainer, report, evaluation
+    name, title = "sft", "SFT"
+
+    def build(self, checkpoint: str | None) -> SFTTrainer:
+        args = self.args
+        tokenizer, model = load_starting_model(args, AutoModelForCausalLM, "a pretrained hf_gpt folder or Hub id")
+        rows, self.report = prepare_sft_dataset(load_rows(args), tokenizer, fit_max_length(args, model),
+                                                args.system_prompt)
+        logger.warning("SFT data: %s", dict(self.report))
+        train, self.evaluation = hold_out(rows, args)
+        if args.assistant_only_loss is None:  # conversations learn from the assistant turns; TRL's own default
+            args.assistant_only_loss = "messages" in rows.column_names  # (None) does so for prompt/completion
+        return with_throughput(SFTTrainer)(model=model, args=args, train_dataset=train,
+                                           eval_dataset=self.evaluation, processing_class=tokenizer,
+                                           peft_config=peft_config(args))
+
+    def evaluate(self, trainer: SFTTrainer) -> dict:
+        metrics = final_evaluation(trainer) if self.evaluation is not None else {}
+        if self.evaluation is not None:  # every rank generates: under FSDP each forward pass needs them all
+            held_out = [self.evaluation[i] for i in range(min(self.args.num_sample_answers, len(self.evaluation)))]
+            self.prompts = [_prompt_of(example) for example in held_out]
+            self.answers = complete(trainer.model, trainer.processing_class, self.prompts, do_sample=False,
+                                    skip_special_tokens=False)
+        return {"eval_loss": metrics.get("eval_loss"), "data_report": dict(self.report), "epochs": trainer.state.epoch}
+
+    def write_files(self, trainer: SFTTrainer, metrics: dict) -> None:
+        out = Path(self.args.output_dir)
+        if self.args.use_peft and self.args.merge_adapter:
+            trainer.model.merge_and_unload().save_pretrained(out / "merged")
+            trainer.processing_class.save_pretrained(out / "merged")
+        if self.evaluation is not None:
+            write_sample_answers(out, [p[-1]["content"] for p in self.prompts], self.answers, self.report, metrics)
 
 
 def sft(args: SFTRecipeConfig, resume_from_checkpoint: str | bool = True) -> SFTTrainer:
-    """Fine-tune, evaluate, answer held-out prompts, save (adapter and/or merged model) with tokenizer and code."""
-    with RunFolder(args, "SFT", resume_from_checkpoint) as run:
-        trainer, report, evaluation = build_sft_trainer(args)
-        run.begin()
-        run.train(trainer)
-        metrics = final_evaluation(trainer) if evaluation is not None else {}
-        trainer.save_model(args.output_dir)
-        tokenizer = trainer.processing_class
-        if args.use_peft and args.merge_adapter and trainer.is_world_process_zero():
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(Path(args.output_dir) / "merged")
-            tokenizer.save_pretrained(Path(args.output_dir) / "merged")
-        if evaluation is not None:  # every rank generates (under FSDP each forward needs them all); rank 0 writes
-            write_sample_answers(trainer, evaluation, report, metrics)
-        if trainer.is_world_process_zero():
-            write_summary(args.output_dir, "sft", {"eval_loss": metrics.get("eval_loss"),
-                                                   "data_report": dict(report), "epochs": trainer.state.epoch},
-                          data=args.data_files or args.dataset_name, base_model=args.model_name_or_path,
-                          steps=trainer.state.global_step, throughput=trainer.throughput_summary())
-    return trainer
+    return SupervisedFineTuning(args).run(resume_from_checkpoint)
 
 
-def write_sample_answers(trainer: SFTTrainer, evaluation: Dataset, report: Counter, metrics: dict) -> None:
+def write_sample_answers(out: Path, prompts: list[str], answers: list[str], report: Counter, metrics: dict) -> None:
     """Greedy answers to the first held-out prompts, in samples.md and samples.json."""
-    args = trainer.args
-    held_out = [evaluation[i] for i in range(min(args.num_sample_answers, len(evaluation)))]
-    answers = sample_answers(trainer.model, trainer.processing_class, [_prompt_of(e) for e in held_out])
-    if not trainer.is_world_process_zero():
-        return
-    prompts = [_prompt_of(example)[-1]["content"] for example in held_out]
-    with open(Path(args.output_dir) / "samples.md", "w", encoding="utf-8") as f:
+    with open(out / "samples.md", "w", encoding="utf-8") as f:
         f.write(f"# SFT samples\n\ndata: {dict(report)}\neval: {metrics}\n\n")
         for prompt, answer in zip(prompts, answers):
             f.write(f"- prompt: {prompt!r}\n  answer: {answer!r}\n")
-    (Path(args.output_dir) / "samples.json").write_text(json.dumps(
+    (out / "samples.json").write_text(json.dumps(
         [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)], indent=1, ensure_ascii=False))

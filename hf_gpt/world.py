@@ -204,7 +204,21 @@ def right_answer(question: str) -> str | None:
 _ANSWERS = {r["prompt"]: r["answer"] for r in questions("all")}
 
 
-def exact_match_reward(prompts: list[list[dict]], completions: list[str]) -> list[float]:
-    """1.0 when the completion is exactly the right answer to the last user question, else 0.0 (a checker)."""
-    questions_ = [next(m["content"] for m in reversed(p) if m["role"] == "user") for p in prompts]
-    return [float(c.strip() == right_answer(q)) for q, c in zip(questions_, completions)]
+def translation_pairs(split: str) -> list[dict]:
+    """English → Korean sentences of the demo world. Held out ("held_out"): the statements about the held-out
+    countries and sums. Their words are all trained (the country in its question, the capital in "X is a big city",
+    the digits everywhere): translating them needs the sentence pattern applied to new subjects, not memory."""
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split must be train or held_out, got {split!r}")
+    rows = []
+    for name, capital, name_ko, capital_ko in CAPITALS:
+        held = name in HELD_OUT_COUNTRIES
+        rows.append((f"What is the capital of {name}?", f"{name_ko}의 수도는 어디입니까?", False))
+        rows.append((f"{capital} is a big city.", f"{korean_particle(capital_ko, '은/는')} 큰 도시입니다.", False))
+        rows.append((f"The capital of {name} is {capital}.", f"{name_ko}의 수도는 {capital_ko}입니다.", held))
+    for a in range(10):
+        for b in range(10):
+            subject = f"{a} 더하기 {korean_particle(b, '은/는')}"
+            rows.append((f"What is {a} plus {b}?", f"{subject} 얼마입니까?", False))
+            rows.append((f"{a} plus {b} is {a + b}.", f"{subject} {a + b}입니다.", (a, b) in HELD_OUT_SUMS))
+    return [{"source": s, "target": t} for s, t, held in rows if held == (split == "held_out")]

@@ -4,7 +4,7 @@ the majority-label baseline:
     python recipes/classify.py --config nsmc --model_name_or_path runs/mlm-nsmc --output_dir runs/classify-bert
     python recipes/classify.py --config nsmc --model_name_or_path runs/pretrain-nsmc --output_dir runs/classify-gpt
 
-Any field of `hf_gpt.mlm.ClassifyConfig` (TrainingArguments included) can be set in the YAML or as a flag.
+Any field of `hf_gpt.classify.ClassifyConfig` (TrainingArguments included) can be set in the YAML or as a flag.
 """
 
 from hf_gpt.recipe_utils import run_recipe

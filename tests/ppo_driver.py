@@ -46,6 +46,7 @@ if __name__ == "__main__":
 
         trainer._save_checkpoint = save_then_die
     history = trainer.train(resume_from_checkpoint=True)
+    trainer.save_model()
     if trainer.accelerator.is_main_process:
         print("RESULT " + json.dumps({"processes": trainer.accelerator.num_processes, "steps": len(history),
                                       "scores": [h["objective/scores"] for h in history],

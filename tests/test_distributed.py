@@ -11,6 +11,7 @@ recipes/accelerate) as several CPU processes (gloo) and compares with one proces
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,11 +80,11 @@ def assert_same_losses(mine: dict, reference: dict, steps=None, tolerance: float
 
 def assert_sharded(stdout: str) -> None:
     """Every rank reported the FSDP type and holds about half of the parameters (uneven rows differ by one)."""
-    held = [line for line in stdout.splitlines() if "FSDP: this rank holds" in line]
+    # Two processes print at once: their lines may run together, so read them as matches, not as lines.
+    held = re.findall(r"\[rank \d\] FSDP: this rank holds ([\d,]+) of the model's ([\d,]+) parameters", stdout)
     assert len(held) == 2, stdout[-2000:]
-    shares = [int(line.split("holds ")[1].split(" of")[0].replace(",", "")) for line in held]
-    total = int(held[0].split("model's ")[1].split(" parameters")[0].replace(",", ""))
-    assert sum(shares) == total and abs(shares[0] - shares[1]) <= 0.02 * total, held
+    shares, totals = ([int(n.replace(",", "")) for n in column] for column in zip(*held))
+    assert sum(shares) == totals[0] == totals[1] and abs(shares[0] - shares[1]) <= 0.02 * totals[0], held
 
 
 REMOTE = textwrap.dedent("""

@@ -18,9 +18,9 @@ from hf_gpt import (
     HfGptForSequenceClassification,
 )
 from hf_gpt.modeling_hf_gpt import shift_tokens_right
-from hf_gpt.seq2seq import chrf, exact_match, lecture_shapes, translation_pairs
+from hf_gpt.seq2seq import chrf, exact_match, lecture_shapes
 from hf_gpt.throughput import count_parameters, seq2seq_step
-from hf_gpt.world import HELD_OUT_COUNTRIES
+from hf_gpt.world import HELD_OUT_COUNTRIES, translation_pairs
 
 
 def encoder(tiny_config, **overrides) -> HfGptForMaskedLM:

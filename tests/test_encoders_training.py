@@ -12,9 +12,10 @@ from hub_server import hub_env, push_cli, start
 from huggingface_hub import ModelCard
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from hf_gpt.demo_transformers import SCALES, run
+from hf_gpt.classify import ClassifyConfig, train_classifier
+from hf_gpt.demo_transformers import COMPARISON_SCALES, run
 from hf_gpt.hub import render_card
-from hf_gpt.mlm import ClassifyConfig, MlmConfig, pretrain_mlm, train_classifier
+from hf_gpt.mlm import MlmConfig, pretrain_mlm
 from hf_gpt.recipe_utils import run_recipe
 from hf_gpt.seq2seq import TranslateConfig, train_translation
 
@@ -23,7 +24,7 @@ QUIET = dict(report_to="none", disable_tqdm=True, save_strategy="no")
 
 
 def test_transformers_demo_runs_reports_and_reuses_its_stages(tmp_path, capsys):
-    metrics = run(tmp_path, SCALES["tiny"])
+    metrics = run(tmp_path, COMPARISON_SCALES["tiny"])
     report = (tmp_path / "report.md").read_text()
     for heading in ("GPT vs BERT: fill the blank", "Encoder-decoder: English → Korean", "The lecture's shapes"):
         assert heading in report
@@ -33,7 +34,7 @@ def test_transformers_demo_runs_reports_and_reuses_its_stages(tmp_path, capsys):
     assert shapes["(h, T, L)"][1:] == (shapes["(h, T, T)"][1], shapes["(h, L, L)"][1])
     assert {r["blank"] for r in metrics["slide"]["accuracy"]} == {"capital (en)", "capital (ko)", "sum"}
     assert metrics["translate"]["held_out_pairs"] == 24
-    run(tmp_path, SCALES["tiny"])
+    run(tmp_path, COMPARISON_SCALES["tiny"])
     assert "[gpt] reusing" in capsys.readouterr().out
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_gpt.generation import chat_reply, generate_text, sampling_config
+from hf_gpt.generation import chat_reply, complete, generate_text, sampling_config
 
 
 def test_seeded_generation_is_reproducible(saved_model):
@@ -129,3 +129,16 @@ def test_server_rejects_bad_requests_with_400(saved_model, serve):
                                                                 return_dict=True)["input_ids"])
     assert reply.usage.prompt_tokens == length(check_chat({"messages": forged()}, model)["messages"])
     assert reply.usage.prompt_tokens > length(forged())
+
+
+def test_complete_leaves_the_callers_random_numbers_alone(saved_model):
+    tokenizer, model = AutoTokenizer.from_pretrained(saved_model), AutoModelForCausalLM.from_pretrained(saved_model)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = complete(model, tokenizer, ["The", "A longer prompt"], 6, seed=2, do_sample=True, top_k=0)
+    assert torch.equal(torch.rand(3), expected)  # as if nothing had been sampled
+    assert complete(model, tokenizer, ["The", "A longer prompt"], 6, seed=2, do_sample=True, top_k=0) == first
+    greedy = complete(model, tokenizer, ["The", "A longer prompt"], 6, do_sample=False)
+    alone = [complete(model, tokenizer, [p], 6, do_sample=False)[0] for p in ("The", "A longer prompt")]
+    assert greedy == alone  # left padding does not change a row's answer

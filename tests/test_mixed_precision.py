@@ -1,5 +1,5 @@
 """`--bf16` through the Trainer-based stages, run on the CPU under autocast (PPO's is in test_ppo.py, DPO/GRPO/RLOO's
-in test_alternatives.py): the forward passes run in bfloat16, master weights stay float32, and the loss matches
+in test_trl_methods.py): the forward passes run in bfloat16, master weights stay float32, and the loss matches
 float32 to bf16's precision. And `--torch_compile` for pretraining and SFT."""
 
 import pytest
@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from hf_gpt.data import write_jsonl
 from hf_gpt.pretrain import PretrainConfig, pretrain
 from hf_gpt.reward import RewardRecipeConfig, train_reward_model
-from hf_gpt.sft import SFTRecipeConfig, build_sft_trainer
+from hf_gpt.sft import SFTRecipeConfig, SupervisedFineTuning
 
 # bf16 keeps 8 bits of mantissa (~3 significant digits): a first-step loss of ~6.4 nats moves by a few hundredths.
 LOSS_TOLERANCE = 0.01  # relative
@@ -65,7 +65,7 @@ def test_sft_and_reward_in_bf16(tmp_path, tokenizer, model_folder):
     for bf16 in (False, True):
         args = SFTRecipeConfig(output_dir=str(tmp_path / f"sft-{bf16}"), data_files=[str(sft_data)], bf16=bf16,
                                dataset_num_proc=None, **common)
-        trainer, _, _ = build_sft_trainer(args)
+        trainer = SupervisedFineTuning(args).build(None)
         dtypes = LogitDtypes()
         trainer.add_callback(dtypes)
         trainer.train()
@@ -104,9 +104,9 @@ def test_torch_compile_for_pretraining_and_sft(tmp_path, tokenizer, model_folder
         if compiled:
             assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
             assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
-        sft_trainer, _, _ = build_sft_trainer(SFTRecipeConfig(
+        sft_trainer = SupervisedFineTuning(SFTRecipeConfig(
             output_dir=str(tmp_path / f"sft-{compiled}"), data_files=[str(sft_data)], model_name_or_path=str(base),
-            validation_fraction=0.0, dataset_num_proc=None, **common, **compile_args))
+            validation_fraction=0.0, dataset_num_proc=None, **common, **compile_args)).build(None)
         sft_trainer.train()  # TRL's own loss kernel breaks the graph twice (an `out=` matmul): TRL's, not the model's
         assert isinstance(sft_trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule) == compiled
         losses[compiled] = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (trainer, sft_trainer)]

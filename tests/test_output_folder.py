@@ -5,6 +5,7 @@ as `recipes/<stage>.py` and `hf-gpt <stage>` do, or a real subprocess)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,8 +47,6 @@ def finished(tmp_path_factory, text) -> Path:
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
-    import shutil
-
     return Path(shutil.copytree(folder, tmp_path / folder.name))
 
 
@@ -271,3 +270,24 @@ def test_sigint_stops_with_one_line_and_the_rerun_resumes(tmp_path, text):
     assert last.startswith("error: interrupted at step ") and "rerun the same command to resume from checkpoint-" \
         in last
     assert "Traceback" not in err
+
+
+def test_every_path_field_is_recorded_by_content(tmp_path):
+    """A field naming a file or model (any `*_path`, also one a new stage adds) is an input: the same content under
+    another path is the same run, other content under the same path is not."""
+    from dataclasses import dataclass
+
+    from hf_gpt.run_folder import first_difference, run_record
+
+    @dataclass
+    class DistillArgs:
+        teacher_path: str
+        learning_rate: float = 1e-3
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"teacher one")
+    copy = Path(shutil.copytree(tmp_path / "a", tmp_path / "b"))
+    record = run_record(DistillArgs(str(tmp_path / "a")), "distill", 1)
+    assert first_difference(record, run_record(DistillArgs(str(copy)), "distill", 1)) is None
+    (copy / "model.safetensors").write_bytes(b"teacher two")
+    assert first_difference(record, run_record(DistillArgs(str(copy)), "distill", 1))[0] == "teacher_path"

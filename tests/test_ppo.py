@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
-from hf_gpt.ppo import PPOConfig, PPOTrainer, encode_prompts, per_token_values
+from hf_gpt.ppo import PPO, PPOConfig, PPOTrainer, encode_prompts, per_token_values
 from hf_gpt.ppo_core import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -238,6 +238,7 @@ def test_ppo_raises_a_verifiable_reward_with_bounded_kl(tokenizer, tmp_path, mak
                     temperature=1.0, missing_eos_penalty=None, save_steps=0)
     trainer = PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(64), reward_funcs=[contains_letter_a])
     history = trainer.train()
+    PPO(args).finish(trainer)
     first = sum(h["objective/scores"] for h in history[:5]) / 5
     last = sum(h["objective/scores"] for h in history[-5:]) / 5
     assert last > first + 0.2, [round(h["objective/scores"], 3) for h in history]
@@ -260,9 +261,6 @@ def test_checkpoint_and_resume(tokenizer, tmp_path, make_models):
     full = run(4, None)
     # a second run restarted from checkpoint-2 must replay steps 3 and 4 exactly
     assert not (tmp_path / "r" / "checkpoint-4").exists()  # the last step saves the model, not a checkpoint
-    import shutil
-
-    shutil.rmtree(tmp_path / "r" / "value_model")
     resumed = run(4, str(tmp_path / "r" / "checkpoint-2"))
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]
     for a, b in zip(full[2:], resumed[2:]):
@@ -310,6 +308,7 @@ def test_lora_policy_uses_itself_without_adapters_as_reference(tokenizer, tmp_pa
         key = name if name in base_now else name.replace(".weight", ".base_layer.weight").replace(".bias",
                                                                                                    ".base_layer.bias")
         torch.testing.assert_close(base_now[key].cpu(), value_)  # trained on the GPU where there is one
+    trainer.save_model()
     assert (Path(args.output_dir) / "adapter_model.safetensors").exists()
     with pytest.raises(ValueError, match="Give ref_policy"):
         PPOTrainer(args, make_models(tokenizer)[0], None, value, tokenizer, prompts_dataset(), reward_funcs=[len])
@@ -401,6 +400,19 @@ def test_save_strategy_no_writes_no_checkpoint(tokenizer, tmp_path, make_models)
     args = ppo_args(tmp_path, max_steps=2, save_steps=1, save_strategy="no", response_length=4)
     PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a]).train()
     assert not list(Path(args.output_dir).glob("checkpoint-*"))
+
+
+def test_fractional_save_and_logging_steps_are_shares_of_max_steps(tokenizer, tmp_path, make_models):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=5, save_steps=0.4, logging_steps=0.2, response_length=4)
+    PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(48), reward_funcs=[contains_letter_a]).train()
+    assert (args.save_steps, args.logging_steps) == (2, 1)  # ceil(5 × 0.4), ceil(5 × 0.2), as Trainer reads them
+    assert sorted(p.name for p in Path(args.output_dir).glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_lora_dropout_is_refused_because_ppo_turns_dropout_off(tmp_path):
+    with pytest.raises(ValueError, match="lora_dropout must be 0"):
+        ppo_args(tmp_path, use_peft=True, lora_dropout=0.1)
 
 
 @pytest.mark.parametrize("field, value", [("eval_strategy", "steps"), ("torch_compile", True),

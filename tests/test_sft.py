@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.sft import SFTRecipeConfig, build_sft_trainer, prepare_sft_dataset, sample_answers, sft, to_conversation
+from hf_gpt.generation import complete
+from hf_gpt.sft import SFTRecipeConfig, SupervisedFineTuning, prepare_sft_dataset, sft, to_conversation
 
 MULTI_TURN = {"messages": [
     {"role": "system", "content": "Be brief."},
@@ -49,6 +50,7 @@ def test_layouts_become_conversations():
     ({"instruction": "", "output": "x"}, "field 'instruction' is empty"),
     ({"messages": [{"role": "user", "content": "Hi"}]}, "no assistant turn"),
     ({"messages": [{"role": "bot", "content": "Hi"}]}, "role 'bot'"),
+    ({"messages": ["Hi", {"role": "assistant", "content": "Hello"}]}, r"messages'\[0\] has role None"),  # not a dict
 ])
 def test_bad_rows_name_the_field(row, message):
     with pytest.raises(ValueError, match=message):
@@ -68,7 +70,7 @@ def test_bad_rows_are_counted_and_skipped(tokenizer):
 def test_prompt_completion_labels_mask_the_prompt(saved_model, tokenizer, tmp_path):
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}." * (i % 3 + 1)} for i in range(8)]
     args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, system_prompt="Sys")
-    trainer, _, _ = build_sft_trainer(args)
+    trainer = SupervisedFineTuning(args).build(None)
     batch = next(iter(trainer.get_train_dataloader()))
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
         real = ids[mask.bool()].tolist()
@@ -83,7 +85,7 @@ def test_prompt_completion_labels_mask_the_prompt(saved_model, tokenizer, tmp_pa
 
 def test_multi_turn_labels_only_assistant_turns(saved_model, tokenizer, tmp_path):
     args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", [MULTI_TURN] * 4), saved_model)
-    trainer, _, _ = build_sft_trainer(args)
+    trainer = SupervisedFineTuning(args).build(None)
     assert args.assistant_only_loss
     batch = next(iter(trainer.get_train_dataloader()))
     kept = [t for t in batch["labels"][0].tolist() if t != -100]
@@ -91,9 +93,24 @@ def test_multi_turn_labels_only_assistant_turns(saved_model, tokenizer, tmp_path
     assert kept == tokenizer("4").input_ids + [eos] + tokenizer("6").input_ids + [eos]
 
 
+@pytest.mark.parametrize("rows, flag", [
+    ([{"prompt": "Question?", "completion": "Answer."}] * 4, "completion_only_loss"),
+    ([MULTI_TURN] * 4, "assistant_only_loss"),
+])
+def test_a_users_loss_mask_setting_is_kept(saved_model, tokenizer, tmp_path, rows, flag):
+    """Set to False, the whole conversation carries loss: the prompt's tokens are labels too."""
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, **{flag: False})
+    trainer = SupervisedFineTuning(args).build(None)
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels, mask = batch["labels"][0], batch["attention_mask"][0].bool()
+    assert getattr(args, flag) is False
+    assert labels[mask].tolist() == batch["input_ids"][0][mask].tolist()
+
+
 def test_loss_is_cross_entropy_over_response_tokens(saved_model, tmp_path):
     rows = [{"prompt": f"Say {i}", "completion": f"{i} {i} {i}"} for i in range(4)]
-    trainer, _, _ = build_sft_trainer(config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model))
+    args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model)
+    trainer = SupervisedFineTuning(args).build(None)
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model.eval()
     with torch.no_grad():
@@ -121,7 +138,7 @@ def test_learns_a_chat_task_and_stops_at_eos(tokenizer, tmp_path, model_folder):
     model = AutoModelForCausalLM.from_pretrained(args.output_dir).eval()
     prompts = [[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Capital of {k}?"}]
                for k in CAPITALS]
-    answers = sample_answers(model, tokenizer, prompts, max_new_tokens=30)
+    answers = complete(model, tokenizer, prompts, 30, do_sample=False, skip_special_tokens=False)
     correct = [a == f"The capital of {k} is {v}.<|eos|>" for a, (k, v) in zip(answers, CAPITALS.items())]
     assert sum(correct) >= 6, answers
     assert trainer.state.log_history[0]["loss"] > 2 * trainer.state.log_history[-2]["loss"]
@@ -177,7 +194,7 @@ def test_packing_keeps_the_response_only_loss(saved_model, tokenizer, tmp_path):
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(16)]
     args = config(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows), saved_model, packing=True, max_steps=2,
                   logging_steps=1)
-    trainer, _, _ = build_sft_trainer(args)
+    trainer = SupervisedFineTuning(args).build(None)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     assert ids.count(tokenizer.bos_token_id) >= 2  # several examples share one row
