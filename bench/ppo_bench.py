@@ -13,6 +13,7 @@ Target: <= 1.0x TRL 1.12's step time, with equal or better reward gain.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -58,12 +59,18 @@ TRL_SCRIPT = textwrap.dedent("""
 
 
 def ensure_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "transformers==5.24.0", "trl==1.12.0",
-                        "accelerate", "datasets"], check=True)
+    """TRL 1.12 beside the pinned CPU torch in its own venv, installed once with uv (and this machine's pip
+    find-links, where the torch wheel is); CalledProcessError when PyPI cannot be reached."""
+    python, stamp = VENV / "bin" / "python", VENV / ".installed"
+    if not stamp.exists():
+        uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv"
+        links = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+                               capture_output=True, text=True).stdout.split()
+        subprocess.run([uv, "venv", "-q", "--allow-existing", "--python", sys.executable, str(VENV)], check=True)
+        subprocess.run([uv, "pip", "install", "-q", "--python", str(python),
+                        *[arg for link in links for arg in ("--find-links", link)], "torch==2.13.0",
+                        "transformers==5.24.0", "trl==1.12.0", "accelerate", "datasets"], check=True)
+        stamp.touch()
     return python
 
 

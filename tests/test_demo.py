@@ -3,6 +3,7 @@ every stage's metric moves the right way."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -133,15 +134,27 @@ def test_pipeline_on_named_sources(tmp_path):
     assert not (out / "ppo").exists()
 
 
-def test_presets_train_epochs_and_skip_what_they_lack():
-    from hf_gpt.demo import PRESETS, scale_of
+def test_presets_read_the_shared_data_beside_the_working_directory(tmp_path, monkeypatch):
+    """Presets find ../shared/data from where the demo runs (or HF_GPT_SHARED_DATA), not from where the package is
+    installed; the Korean preset, with no Korean preference pairs, has no reward or PPO data."""
+    from hf_gpt.demo import PRESETS
 
-    for name in PRESETS:
-        scale = scale_of(name, None)
-        assert scale.pretrain_epochs and scale.sft_epochs and scale.sft_baseline, name
-        assert scale.sft_rows is None and scale.preference_rows is None, name  # all the data, as many epochs
-    assert PRESETS["korean"].preferences is None and "no Korean preference" in PRESETS["korean"].no_preferences
-    assert PRESETS["english"].scale.reward_epochs == 2
+    repo, shared = tmp_path / "repo", tmp_path / "shared" / "data"
+    for preset in PRESETS.values():
+        for path in preset.pretrain + preset.sft + (preset.preferences or []):
+            (shared / path).parent.mkdir(parents=True, exist_ok=True)
+            (shared / path).write_text("{}\n")
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("HF_GPT_SHARED_DATA", raising=False)
+    korean = preset_data("korean")
+    assert set(korean) == {"pretrain", "sft"} and Path(korean["sft"]["data_files"][0]).resolve().is_file()
+    assert set(preset_data("english")) == {"pretrain", "sft", "preferences"}
+    monkeypatch.chdir(tmp_path)  # elsewhere: told where the files were looked for
+    with pytest.raises(FileNotFoundError, match="HF_GPT_SHARED_DATA"):
+        preset_data("english")
+    monkeypatch.setenv("HF_GPT_SHARED_DATA", str(shared))
+    assert preset_data("english")["preferences"]["data_files"] == [str(shared / PRESETS["english"].preferences[0])]
     with pytest.raises(SystemExit, match="does not apply to the korean preset"):
         main(["--data", "korean", "--scale", "tiny"])
 

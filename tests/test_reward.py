@@ -107,9 +107,14 @@ def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path, shared_data, model_folde
                               model_name_or_path=str(model_folder(tmp_path, tokenizer, "sft")),
                               data_files=[str(path)], max_rows=64, validation_fraction=0.25, max_steps=4,
                               per_device_train_batch_size=4, eval_steps=4, save_strategy="no", disable_tqdm=True)
-    train_reward_model(args)
+    trainer = train_reward_model(args)
     metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
     assert metrics["data"]["kept"] + metrics["data"].get("dropped: longer than the context", 0) == 64
-    # 4 steps learn nothing yet: what is checked is that the held-out pairs (25 % of the kept ones) were scored.
-    held_out = metrics["data"]["kept"] - round(metrics["data"]["kept"] * 0.75)
-    assert metrics["pairwise_accuracy"] * held_out == pytest.approx(round(metrics["pairwise_accuracy"] * held_out))
+    # The reported accuracy is the share of held-out pairs (25 % of the kept ones) the saved model ranks right.
+    held = trainer.eval_dataset
+    assert len(held) == metrics["data"]["kept"] - round(metrics["data"]["kept"] * 0.75) == metrics["eval_pairs"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    with torch.no_grad():
+        score = lambda ids: model(torch.tensor([ids])).logits[0, 0].item()
+        right = [score(row["chosen_ids"]) > score(row["rejected_ids"]) for row in held]
+    assert metrics["pairwise_accuracy"] == pytest.approx(sum(right) / len(right))

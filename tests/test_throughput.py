@@ -7,7 +7,14 @@ from hf_gpt import HfGptForCausalLM
 from hf_gpt.data import write_jsonl
 from hf_gpt.hub import render_card
 from hf_gpt.pretrain import PretrainConfig, pretrain
-from hf_gpt.throughput import ThroughputMeter, batch_shapes, count_parameters, forward_flops_per_token, peak_flops
+from hf_gpt.throughput import (
+    PEAK_TFLOPS,
+    ThroughputMeter,
+    batch_shapes,
+    count_parameters,
+    forward_flops_per_token,
+    peak_flops,
+)
 
 
 def test_flops_per_token_is_2n_plus_attention(tiny_config):
@@ -36,10 +43,14 @@ def test_meter_counts_training_time_only(monkeypatch):
 def test_peak_from_the_table_or_the_flag(monkeypatch):
     assert peak_flops("cpu") is None  # no MFU on a CPU unless the user names a peak
     assert peak_flops("cpu", 2.5) == 2.5e12
-    for name, tflops in [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("Tesla T4", 65.0),
-                         ("NVIDIA H200", 989.0), ("NVIDIA GeForce RTX 4090", 165.2), ("Some New GPU", None)]:
-        monkeypatch.setattr("hf_gpt.throughput.device_name", lambda device, name=name: name)
-        assert peak_flops("cuda") == (tflops * 1e12 if tflops else None), name
+    # Each GPU of the table, named as the driver names it, gets its own row's peak: a shorter name that is part of a
+    # longer one (H100 in "H100 PCIe", L4 in "L40S") must not shadow it.
+    for key, tflops in PEAK_TFLOPS:
+        monkeypatch.setattr("hf_gpt.throughput.device_name", lambda device, key=key: f"NVIDIA {key} 80GB HBM3")
+        assert peak_flops("cuda") == tflops * 1e12, key
+        assert peak_flops("cuda", 1.5) == 1.5e12  # the flag wins over the table
+    monkeypatch.setattr("hf_gpt.throughput.device_name", lambda device: "Some New GPU")
+    assert peak_flops("cuda") is None
 
 
 def test_batch_shapes_of_each_collator():
