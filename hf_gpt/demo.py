@@ -167,14 +167,6 @@ def grade(answer: str, right: str, eos: str) -> dict[str, bool]:
             "one_sentence": one_sentence, "stops_at_eos": bool(stopped)}
 
 
-@torch.no_grad()
-def answer_batch(model, tokenizer, prompts: list[list[dict]], samples: int = 0, max_new_tokens: int = 32) -> list[str]:
-    """Greedy answers (samples=0) or `samples` answers each at τ = 1, in one left-padded batch, eos kept."""
-    sampling = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=samples) if samples \
-        else dict(do_sample=False)
-    return complete(model, tokenizer, prompts, max_new_tokens, seed=0, skip_special_tokens=False, **sampling)
-
-
 def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str, dict[str, float]]:
     """Per split ("seen", "held_out") of `rows`: greedy scores (`grade`) and sampled exact match (τ = 1, `samples`
     answers each: what PPO optimises), overall and per language. Each row carries its own system prompt or none."""
@@ -182,8 +174,9 @@ def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str,
     model.eval()
     prompts = [world.chat_prompt(r["prompt"], r["system"]) for r in rows]
     eos = tokenizer.eos_token
-    greedy = answer_batch(model, tokenizer, prompts)
-    sampled = answer_batch(model, tokenizer, prompts, samples=samples)
+    greedy = complete(model, tokenizer, prompts, 32, skip_special_tokens=False, do_sample=False)  # eos kept
+    sampled = complete(model, tokenizer, prompts, 32, skip_special_tokens=False, do_sample=True, temperature=1.0,
+                       top_p=1.0, top_k=0, num_return_sequences=samples)
     results: dict[str, dict[str, float]] = {}
     for split in dict.fromkeys(r["split"] for r in rows):
         picked = [i for i, r in enumerate(rows) if r["split"] == split]
@@ -200,17 +193,13 @@ def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str,
     return results
 
 
-@torch.no_grad()
 def fact_recall(folder: Path, rows: list[dict]) -> dict[str, float]:
     """Does a (base) model know each fact as plain text? Greedy continuation of the answer's start ("The capital of
     Norway is" → " Oslo.") per split: the knowledge that pretraining put in, without any chat format."""
     tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, folder)
     model.eval()
-    tokenizer.padding_side = "left"
     starts, ends = zip(*(r["answer"].rsplit(" ", 1) for r in rows))
-    batch = tokenizer(list(starts), return_tensors="pt", padding=True)
-    out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    continued = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    continued = complete(model, tokenizer, list(starts), 8, do_sample=False)
     right = [c.startswith(" " + end) for c, end in zip(continued, ends)]
     splits = dict.fromkeys(r["split"] for r in rows)
     return {split: sum(ok for ok, r in zip(right, rows) if r["split"] == split)
@@ -226,13 +215,13 @@ def world_evaluation(scale: Scale) -> list[dict]:
 # ------------------------------------------------------------------ the stages, each runnable alone
 
 
-def common_args(seed: int) -> dict:
+def pipeline_run_args(seed: int) -> dict:
     # The pipeline decides whether a stage is reused (stage.json) or redone; a redone stage trains afresh into its
     # folder, through the run folder's owner (which checks every input before it removes anything).
     return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed, overwrite_output_dir=True)
 
 
-def length(steps: int, epochs: float | None, evaluations: int) -> dict:
+def training_length(steps: int, epochs: float | None, evaluations: int) -> dict:
     """Train `steps`, or `epochs` (the steps follow from the data size), evaluating `evaluations` times."""
     if epochs is None:
         return dict(max_steps=steps, eval_steps=max(steps // evaluations, 1))
@@ -245,9 +234,9 @@ def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dic
     trainer = pretrain(PretrainConfig(
         output_dir=str(folder), **data, vocab_size=scale.vocab_size, block_size=scale.block_size,
         max_position_embeddings=max(scale.context, scale.block_size), n_layer=scale.layers, n_head=4,
-        n_embd=scale.width,
-        per_device_train_batch_size=16, learning_rate=2e-3, **length(scale.pretrain_steps, scale.pretrain_epochs, 5),
-        logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **common_args(seed)))
+        n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3,
+        **training_length(scale.pretrain_steps, scale.pretrain_epochs, 5),
+        logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **pipeline_run_args(seed)))
     history = trainer.state.log_history
     evals = [h for h in history if "eval_bpb" in h]
     return {**read_summary(folder)["metrics"], "steps": trainer.state.global_step,
@@ -265,9 +254,9 @@ def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0,
                 metric_for_best_model="eval_loss") if scale.sft_epochs else {}
     trainer = sft(SFTRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(base), **data, system_prompt=system_prompt,
-        per_device_train_batch_size=16, learning_rate=1e-3, **length(scale.sft_steps, scale.sft_epochs, 8),
+        per_device_train_batch_size=16, learning_rate=1e-3, **training_length(scale.sft_steps, scale.sft_epochs, 8),
         logging_steps=10, max_rows=scale.sft_rows, eval_on_start=True, lr_scheduler_type="cosine",
-        **{**common_args(seed), **best}))
+        **{**pipeline_run_args(seed), **best}))
     history = trainer.state.log_history
     losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     metrics = {"steps": trainer.state.global_step, "epochs": round(trainer.state.epoch, 2),
@@ -300,8 +289,8 @@ def reward_stage(folder: Path, sft_folder: Path, data: dict, scale: Scale, seed:
     train_reward_model(RewardRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(sft_folder), **data, max_rows=scale.preference_rows,
         system_prompt=system_prompt, per_device_train_batch_size=16, learning_rate=scale.reward_learning_rate,
-        **length(scale.reward_steps, scale.reward_epochs, 3), logging_steps=10, lr_scheduler_type="cosine",
-        **common_args(seed)))
+        **training_length(scale.reward_steps, scale.reward_epochs, 3), logging_steps=10, lr_scheduler_type="cosine",
+        **pipeline_run_args(seed)))
     summary = read_summary(folder)
     metrics = summary["metrics"]
     return {"steps": summary["steps"], "epochs": round(metrics["epochs"], 2),
@@ -318,7 +307,7 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
         **prompts, system_prompt=system_prompt, max_rows=400, drop_long_prompts=drop_long_prompts,
         max_steps=scale.ppo_steps, per_device_train_batch_size=16, response_length=32, temperature=0.7,
         num_ppo_epochs=2, learning_rate=scale.ppo_learning_rate, kl_coef=0.05, sample_every=5,
-        **common_args(seed)))
+        **pipeline_run_args(seed)))
     history = trainer.log_history
     metrics = {"steps": len(history), **read_summary(folder)["metrics"],
                "score_curve": [(h["step"], h["objective/scores"]) for h in history],
@@ -354,24 +343,26 @@ class Pipeline:
         self.metrics[name] = {"skipped": reason}
 
     def run(self) -> dict[str, dict]:
-        s, out, seed, world_mode = self.scale, self.out, self.seed, self.data_name == "world"
-        data = world_data(out / "data", s) if world_mode else preset_data(self.data_name)
-        evals = world_evaluation(s) if world_mode else []
+        scale, out, seed, world_mode = self.scale, self.out, self.seed, self.data_name == "world"
+        data = world_data(out / "data", scale) if world_mode else preset_data(self.data_name)
+        evals = world_evaluation(scale) if world_mode else []
         # World rows carry their own system prompts (varied or none); real data get none added.
-        self.stage("base", lambda f: pretrain_stage(f, data["pretrain"], s, seed))
-        self.stage("sft", lambda f: sft_stage(f, out / "base", data["sft"], s, seed, evals))
-        if s.sft_baseline:
-            self.stage("sft_scratch", lambda f: sft_scratch_stage(f, out / "base", data["sft"], s, seed, evals))
+        self.stage("base", lambda folder: pretrain_stage(folder, data["pretrain"], scale, seed))
+        self.stage("sft", lambda folder: sft_stage(folder, out / "base", data["sft"], scale, seed, evals))
+        if scale.sft_baseline:
+            self.stage("sft_scratch",
+                       lambda folder: sft_scratch_stage(folder, out / "base", data["sft"], scale, seed, evals))
         if "preferences" not in data:
             reason = PRESETS[self.data_name].no_preferences
             self.skip("reward", reason)
             self.skip("ppo", reason)
-        elif not self.stage("reward", lambda f: reward_stage(f, out / "sft", data["preferences"], s, seed)
-                            ).get("beats_baseline", True) and s.ppo_needs_reward_model:
+        elif not self.stage("reward", lambda folder: reward_stage(folder, out / "sft", data["preferences"], scale, seed)
+                            ).get("beats_baseline", True) and scale.ppo_needs_reward_model:
             self.skip("ppo", "the reward model does not beat chance, so PPO would maximise noise")
         else:  # PPO reads its own prompts (world) or the prompts of the preference data (real data).
-            self.stage("ppo", lambda f: ppo_stage(f, out / "sft", out / "reward", data.get("ppo", data["preferences"]),
-                                                  s, seed, evals, drop_long_prompts=not world_mode))
+            prompts = data.get("ppo", data["preferences"])
+            self.stage("ppo", lambda folder: ppo_stage(folder, out / "sft", out / "reward", prompts, scale, seed, evals,
+                                                       drop_long_prompts=not world_mode))
         questions = PRESETS[self.data_name].questions if self.data_name in PRESETS else ()
         write_report(out, self.data_name, self.metrics, *(questions and [questions]))
         return self.metrics

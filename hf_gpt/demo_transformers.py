@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelFo
 
 from . import world
 from .data import write_jsonl
-from .demo import Pipeline, common_args
+from .demo import Pipeline, pipeline_run_args
 from .hub import read_summary
 from .loading import load_model, load_model_and_tokenizer
 from .mlm import MlmConfig, pretrain_mlm
@@ -107,7 +107,7 @@ def gpt_stage(folder: Path, data: Path, scale: ComparisonScale, seed: int) -> di
         output_dir=str(folder), data_files=[str(data)], vocab_size=1024, block_size=64, n_layer=scale.layers,
         n_head=4, n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3, max_steps=scale.gpt_steps,
         eval_steps=max(scale.gpt_steps // 4, 1), logging_steps=20, sample_prompts=["The capital of"],
-        **common_args(seed)))
+        **pipeline_run_args(seed)))
     return read_summary(folder)["metrics"]
 
 
@@ -116,7 +116,7 @@ def bert_stage(folder: Path, data: Path, tokenizer: Path, scale: ComparisonScale
         output_dir=str(folder), data_files=[str(data)], tokenizer_name_or_path=str(tokenizer), block_size=64,
         n_layer=scale.layers, n_head=4, n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3,
         mlm_probability=scale.mlm_probability, max_steps=scale.bert_steps, eval_steps=max(scale.bert_steps // 4, 1),
-        logging_steps=50, **common_args(seed)))
+        logging_steps=50, **pipeline_run_args(seed)))
     return read_summary(folder)["metrics"]
 
 
@@ -135,7 +135,7 @@ def slide_stage(out: Path) -> dict:
 def translation_stage(folder: Path, scale: ComparisonScale, seed: int) -> dict:
     train_translation(TranslateConfig(
         output_dir=str(folder), num_train_epochs=scale.translate_epochs, n_embd=scale.width, n_layer=scale.layers,
-        n_encoder_layer=scale.layers, **common_args(seed)))
+        n_encoder_layer=scale.layers, **pipeline_run_args(seed)))
     tokenizer, model = load_model_and_tokenizer(AutoModelForSeq2SeqLM, folder)
     model.eval()
     # The recipe already translated the held-out sentences: read them back, do not generate them twice.

@@ -27,13 +27,12 @@ from transformers import (
 
 from .baselines import ngram_bits_per_byte
 from .data import build_lm_datasets, load_documents
-from .distributed import GatheredSaveMixin
 from .generation import complete
 from .loading import load_model, load_tokenizer
 from .modeling_hf_gpt import HfGptForCausalLM
 from .report import plot_panels
 from .stage import ModelShapeConfig, Stage, StartingModelConfig, final_evaluation, new_model_config
-from .throughput import ThroughputMixin
+from .throughput import with_throughput
 from .tokenizer import train_tokenizer
 
 
@@ -180,8 +179,7 @@ def make_compute_metrics(tokenizer: PreTrainedTokenizerBase):
 # ---------------------------------------------------------------- trainer and callbacks
 
 
-class PretrainTrainer(ThroughputMixin, GatheredSaveMixin, Trainer):
-    """transformers' Trainer that also logs tokens/s and MFU at every logging step."""
+PretrainTrainer = with_throughput(Trainer)  # tokens/s and MFU in its logs; a whole model saved under FSDP
 
 
 class SampleCallback(TrainerCallback):

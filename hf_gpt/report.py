@@ -134,20 +134,20 @@ def verdict(beats: bool | None) -> str:
     return "not measured" if beats is None else "yes" if beats else "**no**"
 
 
-def baseline_rows(m: dict[str, dict]) -> list[dict]:
+def baseline_rows(metrics: dict[str, dict]) -> list[dict]:
     """Per stage: what was measured, the baseline it has to beat (same data), and whether it does."""
     rows = []
-    base = m["base"]
+    base = metrics["base"]
     if "baseline_bigram_bpb" in base:
         rows.append({"stage": "pretraining", "measure": "validation bits per byte", "value": base["val_bpb_last"],
                      "baseline": f"bigram table {base['baseline_bigram_bpb']:.3f} (unigram "
                                  f"{base['baseline_unigram_bpb']:.3f}), same tokens",
                      "beats baseline": verdict(base.get("beats_baseline"))})
-    scratch = m.get("sft_scratch", {})
-    rows.append({"stage": "SFT", "measure": "held-out response loss", "value": m["sft"].get("eval_loss"),
+    scratch = metrics.get("sft_scratch", {})
+    rows.append({"stage": "SFT", "measure": "held-out response loss", "value": metrics["sft"].get("eval_loss"),
                  "baseline": f"same SFT without pretraining {scratch['eval_loss']:.3f}" if scratch else "—",
-                 "beats baseline": verdict(m["sft"]["eval_loss"] < scratch["eval_loss"] if scratch else None)})
-    reward = m.get("reward", {})
+                 "beats baseline": verdict(metrics["sft"]["eval_loss"] < scratch["eval_loss"] if scratch else None)})
+    reward = metrics.get("reward", {})
     if "skipped" in reward:
         rows.append({"stage": "reward model", "measure": "skipped", "value": "—", "baseline": reward["skipped"],
                      "beats baseline": "—"})
@@ -156,7 +156,7 @@ def baseline_rows(m: dict[str, dict]) -> list[dict]:
                      "value": f"{reward['pairwise_accuracy']:.3f} ± {reward['standard_error']:.3f}",
                      "baseline": f"chance 0.5 (a coin reaches {reward['chance_bound']:.3f} at 95 %)",
                      "beats baseline": verdict(reward["beats_baseline"])})
-    ppo = m.get("ppo", {})
+    ppo = metrics.get("ppo", {})
     if "skipped" in ppo and "skipped" not in reward:
         rows.append({"stage": "PPO", "measure": "skipped", "value": "—", "baseline": ppo["skipped"],
                      "beats baseline": "—"})
@@ -211,11 +211,11 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
 
     from .loading import load_model_and_tokenizer
 
-    m, pics = metrics, out / "plots"
+    pics = out / "plots"
     pics.mkdir(parents=True, exist_ok=True)
-    ran = [name for name in m if "skipped" not in m[name]]
+    ran = [name for name in metrics if "skipped" not in metrics[name]]
     final = out / ("ppo" if "ppo" in ran else "sft")
-    verdicts = baseline_rows(m)
+    verdicts = baseline_rows(metrics)
     write_json(out / "summary.json", {"data": data_name, "final_model": final.name, "baselines": verdicts})
     tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, final)
     model.eval()
@@ -226,24 +226,25 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
                                    {"role": "assistant", "content": "The capital of France is Paris."}],
                        pics / "sft_loss_mask.png")
     plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
-               {"val bpb": m["base"]["bpb_curve"]})
+               {"val bpb": metrics["base"]["bpb_curve"]})
     plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
-               {"after pretraining": m["sft"]["eval_loss_curve"],
-                **({"without pretraining": m["sft_scratch"]["eval_loss_curve"]} if "sft_scratch" in ran else {})})
+               {"after pretraining": metrics["sft"]["eval_loss_curve"],
+                **({"without pretraining": metrics["sft_scratch"]["eval_loss_curve"]} if "sft_scratch" in ran else {})})
     if "ppo" in ran:
         plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
-                   {"score": m["ppo"]["score_curve"], "KL (nats)": m["ppo"]["kl_curve"]})
-    samples = sft_sample_rows(out) if "accuracy" not in m["sft"] else []
-    overall, by_language = accuracy_rows(m)
-    recall = ", ".join(f"{split} {value:.2f}" for split, value in (m["sft"].get("fact_recall_base") or {}).items())
+                   {"score": metrics["ppo"]["score_curve"], "KL (nats)": metrics["ppo"]["kl_curve"]})
+    samples = sft_sample_rows(out) if "accuracy" not in metrics["sft"] else []
+    overall, by_language = accuracy_rows(metrics)
+    recall = metrics["sft"].get("fact_recall_base") or {}
+    recall = ", ".join(f"{split} {value:.2f}" for split, value in recall.items())
 
     def stage_table(name: str, keys: list[str]) -> str:
-        stage = m.get(name, {"skipped": "not run"})
+        stage = metrics.get(name, {"skipped": "not run"})
         if "skipped" in stage:
             return f"Skipped: {stage['skipped']}"
         return markdown_table([{k: stage.get(k) for k in keys}])
 
-    text = render_template("pipeline_report.md.j2", trim_blocks=True, data_name=data_name, ran=ran, m=m,
+    text = render_template("pipeline_report.md.j2", trim_blocks=True, data_name=data_name, ran=ran, metrics=metrics,
                            verdicts=verdicts, samples=samples, overall=overall, by_language=by_language,
                            recall=recall, final=final.name, chat=chat_samples(model, tokenizer, questions),
                            table=markdown_table, stage_table=stage_table)
@@ -295,10 +296,10 @@ def plot_cross_attention(model, tokenizer, source: str, path: Path, layer: int =
 
 def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
     """runs/transformers/report.md: the GPT vs BERT slide, the translation model, the lecture's shapes table."""
-    gpt, bert, slide, tr = metrics["gpt"], metrics["bert"], metrics["slide"], metrics["translate"]
-    shapes = [{**r, "shape": "(" + ", ".join(map(str, r["shape"])) + ")"} for r in tr["shapes"]]
-    example = tr["shapes_example"]
-    targets = tr.get("cross_attention_tokens", [])
+    gpt, bert, slide, translation = metrics["gpt"], metrics["bert"], metrics["slide"], metrics["translate"]
+    shapes = [{**r, "shape": "(" + ", ".join(map(str, r["shape"])) + ")"} for r in translation["shapes"]]
+    example = translation["shapes_example"]
+    targets = translation.get("cross_attention_tokens", [])
     lines = [
         "# The lecture's three Transformers, from the same blocks",
         "",
@@ -328,18 +329,19 @@ def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
         "",
         "## Encoder-decoder: English → Korean",
         "",
-        f"Trained on {tr['train_pairs']} sentence pairs of the world; {tr['held_out_pairs']} held-out sentences "
-        "(statements about the held-out countries and sums) were never trained on, though each of their words was. "
-        f"Held-out exact match **{_fmt(tr['held_out_exact_match'])}**, chrF **{tr['held_out_chrf']:.1f}**; exact "
-        f"match on training sentences {_fmt(tr['seen_exact_match'])}.",
+        f"Trained on {translation['train_pairs']} sentence pairs of the world; {translation['held_out_pairs']} "
+        "held-out sentences (statements about the held-out countries and sums) were never trained on, though each of "
+        f"their words was. Held-out exact match **{_fmt(translation['held_out_exact_match'])}**, chrF "
+        f"**{translation['held_out_chrf']:.1f}**; exact match on training sentences "
+        f"{_fmt(translation['seen_exact_match'])}.",
         "",
-        markdown_table(tr["by_kind"]),
+        markdown_table(translation["by_kind"]),
         "",
         "A held-out sentence is translated right when the decoder composes it from trained parts (the pattern, and "
         "each word's translation, which the cross-attention looks up in the source); it fails where the decoder "
         "writes a word it memorised in that pattern instead of the one the source names.",
         "",
-        markdown_table([{k: r[k] for k in ("source", "target", "translation")} for r in tr["samples"]]),
+        markdown_table([{k: r[k] for k in ("source", "target", "translation")} for r in translation["samples"]]),
         "",
         "![cross-attention](cross_attention.png)",
         "",

@@ -14,11 +14,10 @@ from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from .data import read_rows, write_jsonl
-from .distributed import GatheredSaveMixin
 from .loading import load_tokenizer
 from .modeling_hf_gpt import HfGptForConditionalGeneration
 from .stage import ModelShapeConfig, Stage, StageConfig, final_evaluation, new_model_config
-from .throughput import ThroughputMixin
+from .throughput import with_throughput
 from .tokenizer import train_tokenizer
 from .world import translation_pairs  # the embedded data set: the default pairs when no files are given
 
@@ -150,12 +149,15 @@ def build_translation_model(args: TranslateConfig, tokenizer) -> HfGptForConditi
         decoder_start_token_id=tokenizer.bos_token_id))
 
 
+TranslationTrainer = with_throughput(Seq2SeqTrainer)  # tokens/s and MFU in its logs; a whole model under FSDP
+
+
 class Translation(Stage):
     """Train the tokenizer on both sides, then the encoder-decoder; report held-out exact match and chrF."""
 
     name, title = "seq2seq", "translation"
 
-    def build(self, checkpoint: str | None) -> "TranslationTrainer":
+    def build(self, checkpoint: str | None) -> TranslationTrainer:
         args = self.args
         train_rows, self.test_rows = _rows(args.data_files, "train", args), _rows(args.eval_data_files, "held_out",
                                                                                   args)
@@ -168,7 +170,7 @@ class Translation(Stage):
                                          self.test_rows)
         return trainer
 
-    def evaluate(self, trainer: "TranslationTrainer") -> dict:
+    def evaluate(self, trainer: TranslationTrainer) -> dict:
         if self.args.eval_strategy != "no":
             final_evaluation(trainer)
         self.hypotheses = translate(trainer.model, trainer.processing_class, [r["source"] for r in self.test_rows])
@@ -177,7 +179,7 @@ class Translation(Stage):
                 "held_out_chrf": chrf(self.hypotheses, references), "train_pairs": self.train_pairs,
                 "held_out_pairs": len(self.test_rows)}
 
-    def write_files(self, trainer: "TranslationTrainer", metrics: dict) -> None:
+    def write_files(self, trainer: TranslationTrainer, metrics: dict) -> None:
         write_jsonl(Path(self.args.output_dir) / "held_out_translations.jsonl",
                     [{**r, "translation": h} for r, h in zip(self.test_rows, self.hypotheses)])
 
@@ -185,7 +187,7 @@ class Translation(Stage):
         return self.args.data_files or "demo world pairs"
 
 
-def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool = True) -> "TranslationTrainer":
+def train_translation(args: TranslateConfig, resume_from_checkpoint: str | bool = True) -> TranslationTrainer:
     return Translation(args).run(resume_from_checkpoint)
 
 
@@ -215,8 +217,3 @@ def translation_trainer(args: TranslateConfig, tokenizer, model, train_rows: lis
                                  processing_class=tokenizer,
                                  data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
     return trainer, test
-
-
-class TranslationTrainer(ThroughputMixin, GatheredSaveMixin, Seq2SeqTrainer):
-    """Seq2SeqTrainer with tokens/s and MFU in its logs."""
-

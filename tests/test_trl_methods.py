@@ -133,3 +133,11 @@ def test_each_method_resumes_after_a_kill_to_the_same_losses(folders, make_confi
     assert (folders / name / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == kept  # not trained again
     assert resumed.state.global_step == 4 and (folders / name / "model.safetensors").is_file()
     assert [losses(resumed)[s] for s in (3, 4)] == pytest.approx([losses(whole)[s] for s in (3, 4)], abs=1e-6)
+
+
+@pytest.mark.parametrize("flag, value", [("--reward_model_path", "runs/rm"), ("--reward_functions", "m:f"),
+                                         ("--drop_long_prompts", "true")])
+def test_dpo_refuses_what_only_the_online_methods_read(tmp_path, one_line, flag, value):
+    """DPO trains on pairs: a reward model, reward functions or prompt dropping would be accepted and ignored."""
+    line = one_line("dpo", ["--output_dir", str(tmp_path / "dpo"), flag, value])
+    assert line == f"error: unknown option {flag}: check its spelling (--help lists every option)"
