@@ -25,8 +25,9 @@ from .hub import read_summary
 from .loading import load_config, load_model_and_tokenizer, load_tokenizer
 from .ppo import PPOConfig, ppo
 from .pretrain import PretrainConfig, pretrain
+from .progress import clock
 from .recipe_utils import run_cli
-from .report import write_report
+from .report import baseline_rows, markdown_table, write_report
 from .reward import RewardRecipeConfig, train_reward_model
 from .run_folder import write_json
 from .sft import SFTRecipeConfig, sft
@@ -321,17 +322,22 @@ class Pipeline:
     def __init__(self, out: Path, data: str, scale: Scale, fresh: bool, seed: int = 0):
         self.out, self.data_name, self.scale, self.fresh, self.seed = out, data, scale, fresh, seed
         self.metrics: dict[str, dict] = {}
+        self.stages = 4 + scale.sft_baseline  # pretraining, SFT (and from scratch), reward model, PPO
+
+    def _heading(self, name: str) -> str:
+        return f"[stage {len(self.metrics) + 1}/{self.stages}: {name}]"
 
     def stage(self, name: str, run: Callable[[Path], dict]) -> dict:
         """Run a stage into out/<name>, or reuse it if it finished before with the same seed."""
         folder, done = self.out / name, self.out / name / "stage.json"
         before = json.loads(done.read_text()) if done.exists() and not self.fresh else None
         if before is not None and before.get("seed", 0) == self.seed:
-            print(f"[{name}] reusing {folder} (finished before; --fresh to redo)")
+            print(f"{self._heading(name)} reusing {folder} (finished before; --fresh to redo)")
             self.metrics[name] = before
             return before
         done.unlink(missing_ok=True)
-        print(f"\n[{name}] ..." + (f" (seed {before.get('seed', 0)} → {self.seed}: redone)" if before else ""))
+        print(f"\n{self._heading(name)} ..." + (f" (seed {before.get('seed', 0)} → {self.seed}: redone)" if before
+                                               else ""), flush=True)
         start = time.perf_counter()
         metrics = {**run(folder), "seed": self.seed, "seconds": round(time.perf_counter() - start, 1)}
         write_json(done, metrics)
@@ -339,7 +345,7 @@ class Pipeline:
         return metrics
 
     def skip(self, name: str, reason: str) -> None:
-        print(f"\n[{name}] skipped: {reason}")
+        print(f"\n{self._heading(name)} skipped: {reason}")
         self.metrics[name] = {"skipped": reason}
 
     def run(self) -> dict[str, dict]:
@@ -394,9 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {}
     run_cli(lambda: metrics.update(Pipeline(out, args.data, scale_of(args.data, args.scale), args.fresh,
                                             args.seed).run()))
-    print(f"\n=== hf-gpt demo ({args.data}) done in {time.perf_counter() - start:.0f} s: {out / 'report.md'} ===")
-    for name, values in metrics.items():
-        print(name, {k: v for k, v in values.items() if not k.endswith("curve") and k != "accuracy"})
+    print(f"\n=== hf-gpt demo ({args.data}) done in {clock(time.perf_counter() - start)}: {out / 'report.md'} ===\n")
+    print(markdown_table([{"stage": name, "time": clock(values.get("seconds")) if "seconds" in values else "skipped"}
+                          for name, values in metrics.items()]) + "\n")
+    print(markdown_table(baseline_rows(metrics)))
 
 
 if __name__ == "__main__":

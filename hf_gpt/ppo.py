@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ from .ppo_core import (
     masked_mean,
     masked_whiten,
 )
+from .progress import progress_line
 from .report import plot_panels
 from .reward import render_for_reward
 from .run_folder import last_complete_checkpoint, write_json
@@ -60,6 +63,10 @@ from .stage import ChatConfig, LoraConfigFields, Stage, load_starting_model, pef
 from .throughput import ThroughputMeter, forward_flops_per_token
 
 RewardFunction = Callable[[list, list[str]], list[float]]
+# What each progress line shows (all of it goes to ppo_log.json and the trackers).
+PROGRESS_FIGURES = {"score": "objective/scores", "KL": "objective/kl", "score − β·KL": "objective/rlhf_reward",
+                    "policy loss": "loss/policy_avg", "value loss": "loss/value_avg",
+                    "tokens/s": "perf/tokens_per_second"}
 
 # The TrainingArguments fields our PPO loop uses. Any other one set away from its default is refused when the config
 # is parsed (one line naming it), instead of being accepted and silently ignored.
@@ -480,8 +487,14 @@ class PPOTrainer:
         if resume_from_checkpoint:
             self._load_checkpoint(resume_from_checkpoint)
         batches = self._prompt_batches()
+        main = self.accelerator.is_main_process
         progress = tqdm(total=args.max_steps, initial=self.step, desc="PPO steps", unit="step",
-                        disable=bool(args.disable_tqdm) or not self.accelerator.is_main_process)
+                        disable=bool(args.disable_tqdm) or not main or not sys.stderr.isatty())
+        if main:  # the first line comes after the first rollout and update: say what is coming
+            rollouts = args.local_batch_size * self.accelerator.num_processes
+            print(f"[PPO] {args.max_steps - self.step} steps to go, each {rollouts} rollouts of up to "
+                  f"{args.response_length} tokens and {args.num_ppo_epochs} update epochs", flush=True)
+        start, first_step = time.perf_counter(), self.step
         while self.step < args.max_steps:
             metrics = self.ppo_step(next(batches))
             self.step += 1
@@ -492,8 +505,11 @@ class PPOTrainer:
             self.log_history.append(metrics)
             if self.step % args.logging_steps == 0 or self.step == 1:
                 self.accelerator.log(metrics, step=self.step)
-                if self.accelerator.is_main_process:
-                    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+                if main:
+                    shown = {name: metrics[key] for name, key in PROGRESS_FIGURES.items() if key in metrics}
+                    line = progress_line("PPO", self.step, args.max_steps, self.step - first_step,
+                                         time.perf_counter() - start, shown)
+                    progress.write(line) if not progress.disable else print(line, flush=True)
             if self.accelerator.is_main_process and args.sample_every and self.step % args.sample_every == 0:
                 self._write_samples(out)
             if (args.save_strategy == "steps" and args.save_steps and self.step % args.save_steps == 0

@@ -15,6 +15,7 @@ from transformers import set_seed
 
 from .distributed import multi_process_on_cpu
 from .hub import write_summary
+from .progress import use_readable_progress
 from .run_folder import RunFolder
 from .throughput import PEAK_HELP
 
@@ -151,6 +152,7 @@ class Stage:
         with RunFolder(args, self.title, resume_from_checkpoint, self.state_file) as run:
             set_seed(args.seed)  # before any model is built: its initial weights must not depend on luck
             trainer = self.build(run.checkpoint)
+            use_readable_progress(trainer, self.title)
             run.begin()
             run.train(trainer)
             self.finish(trainer)

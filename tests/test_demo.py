@@ -104,7 +104,7 @@ def test_data_sources_map_to_files_or_hub_names(tmp_path):
         main(["--data", "org/a,", "--output-dir", str(tmp_path / "out")])
 
 
-def test_pipeline_on_named_sources(tmp_path):
+def test_pipeline_on_named_sources(tmp_path, capsys):
     """The real-data path (no checker, prompts from the preference data), with the SFT and preference data given as
     dataset folders (`load_dataset(name)` reads them as it reads a Hub name): steps follow the data size, every
     figure stands beside its baseline, and a stage that does not beat it is flagged, not presented as a result."""
@@ -132,6 +132,10 @@ def test_pipeline_on_named_sources(tmp_path):
     assert "held-out questions" not in report and "beside its baseline" in report
     assert "same SFT without pretraining" in report and "| held-out prompt | pretraining + SFT | SFT alone |" in report
     assert not (out / "ppo").exists()
+    printed = capsys.readouterr().out  # each stage numbered out of the plan, skipped ones too
+    assert [line.split("]")[0] + "]" for line in printed.splitlines() if line.startswith("[stage ")] == [
+        "[stage 1/5: base]", "[stage 2/5: sft]", "[stage 3/5: sft_scratch]", "[stage 4/5: reward]",
+        "[stage 5/5: ppo]"]
 
 
 def test_presets_read_the_shared_data_beside_the_working_directory(tmp_path, monkeypatch):

@@ -429,3 +429,16 @@ def test_recipe_refuses_an_unused_field_in_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:  # recipes/ppo.py is `run_recipe("ppo")`
         run_recipe("ppo", ["--output_dir", str(tmp_path), "--eval_steps", "5"])
     assert stop.value.code == "error: PPO does not use eval_steps (set to 5.0): remove it from the config or flags."
+
+
+def test_ppo_says_what_is_coming_and_logs_readable_lines(tokenizer, tmp_path, make_models, capsys):
+    policy, ref, value = make_models(tokenizer)
+    args = ppo_args(tmp_path, max_steps=2, response_length=4, num_ppo_epochs=1, logging_steps=1)
+    PPOTrainer(args, policy, ref, value, tokenizer, prompts_dataset(), reward_funcs=[contains_letter_a]).train()
+    out = capsys.readouterr().out
+    rollouts = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+    assert f"[PPO] 2 steps to go, each {rollouts} rollouts of up to 4 tokens and 1 update epochs" in out
+    lines = [line for line in out.splitlines() if line.startswith("[PPO] step ")]
+    assert [line.split(" · ")[0] for line in lines] == ["[PPO] step 1/2", "[PPO] step 2/2"]
+    assert all(" · score " in line and ", KL " in line for line in lines)
+    assert not [line for line in out.splitlines() if line.startswith("{")]  # no raw dicts
