@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from .tokenizer import ROLES
 
 DEFUSE = ("<|", "<|\u200b")
+# `hf-gpt chat`'s commands, said at its start and in its --help.
+CHAT_COMMANDS = ("/reset starts a new conversation, /system <text> sets the system prompt (and starts anew), /quit "
+                 "or an empty line ends")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 

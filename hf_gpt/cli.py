@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .chat import CHAT_COMMANDS
 from .recipe_utils import RECIPES, run_cli, run_recipe
 
 
@@ -82,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(generate)
     generate.set_defaults(func=_generate)
 
-    chat = commands.add_parser("chat", help="a multi-turn chat with a system prompt")
+    chat = commands.add_parser("chat", help="a multi-turn chat with a system prompt",
+                               description=f"A multi-turn chat. Type a message and Enter; {CHAT_COMMANDS}. The "
+                               "oldest turns are dropped (with a note) when the conversation outgrows the model's "
+                               "context.")
     chat.add_argument("model", help="a saved folder or a Hub id")
     chat.add_argument("--system", default=None, help="a system prompt (default: none)")
     _add_sampling(chat)

@@ -4,13 +4,14 @@ tokens whose probabilities sum to p; top-k keeps the k most likely. Temperature 
 Low temperature for factual answers, high for creative ones; `hf-gpt generate` and `hf-gpt chat` expose all of it.
 """
 
+import contextlib
 import sys
 from collections.abc import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TextStreamer
 
-from .chat import defuse
+from .chat import CHAT_COMMANDS, defuse
 
 
 def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -52,8 +53,8 @@ def load(model_name_or_path: str, revision: str | None = None, trust_remote_code
 def complete(model, tokenizer, prompts: list[str] | list[list[dict]], max_new_tokens: int = 64, seed: int | None = 0,
              skip_special_tokens: bool = True, **generate_kwargs) -> list[str]:
     """The one way hf_gpt generates: text prompts are continued, chat prompts (lists of messages) answered after the
-    assistant marker, in one left-padded batch with the new tokens capped by the context. Sampling draws from an RNG
-    forked off the caller's and seeded with `seed`: a training run's dropout and data order do not depend on it."""
+    assistant marker, in one left-padded batch with the new tokens capped by the context. With a `seed`, sampling
+    draws from an RNG forked off the caller's: a training run's dropout and data order do not depend on it."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # every row continues from its last real token
     try:
         if isinstance(prompts[0], list):
@@ -68,7 +69,9 @@ def complete(model, tokenizer, prompts: list[str] | list[list[dict]], max_new_to
         raise ValueError(f"The prompt has {width} tokens and the model's context is {context}: shorten it.")
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+    # Seeded: from an RNG forked off the caller's (a training run's stays as it was); unseeded: from the caller's.
+    forked = torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else [])
+    with forked if seed is not None else contextlib.nullcontext():
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(**batch.to(model.device), max_new_tokens=min(max_new_tokens, context - width),
@@ -95,25 +98,59 @@ def chat_reply(model, tokenizer, messages: list[dict], stream: bool = False, **s
     """One assistant turn for a conversation (system prompt included), stopping at eos."""
     length = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
     if length >= model.config.max_position_embeddings:
-        raise ValueError(f"The conversation has {length} tokens, the model's context is "
-                         f"{model.config.max_position_embeddings}: start a new chat.")
+        raise ValueError(f"The conversation has {length} tokens and the model's context is "
+                         f"{model.config.max_position_embeddings}: shorten the message.")
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return complete(model, tokenizer, [messages], sampling.get("max_new_tokens", 64), seed=None, streamer=streamer,
                     generation_config=sampling_config(model, **sampling))[0]
 
 
+def fit_conversation(tokenizer, messages: list[dict], context: int, room: int) -> tuple[list[dict], int]:
+    """The conversation without its oldest turns (the system prompt stays) until `room` tokens are left for the
+    reply in the model's context; and how many turns were dropped. The last message always stays."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    length = lambda m: len(tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
+    dropped = 0
+    while len(turns) > 1 and length(system + turns) + room > context:
+        turns, dropped = turns[1:], dropped + 1
+        while len(turns) > 1 and turns[0]["role"] != "user":  # start at a question, not in the middle of an exchange
+            turns, dropped = turns[1:], dropped + 1
+    return system + turns, dropped
+
+
 def chat_loop(model_name_or_path: str, system: str | None, lines: Iterator[str] | None = None,
               trust_remote_code: bool = False, **sampling) -> None:
-    """A multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
+    """A multi-turn chat on stdin/stdout that keeps what fits the model's context; commands in CHAT_COMMANDS."""
     tokenizer, model = load(model_name_or_path, trust_remote_code=trust_remote_code)
-    messages = [{"role": "system", "content": defuse(system)}] if system else []
+    context, room = model.config.max_position_embeddings, sampling.get("max_new_tokens", 64)
+    fresh = lambda: [{"role": "system", "content": defuse(system)}] if system else []
+    messages = fresh()
+    print(f"({CHAT_COMMANDS}.)")
     lines = lines or iter(sys.stdin.readline, "")
     while True:
         print("you> ", end="", flush=True)
         line = next(lines, "").strip()
-        if not line:
+        if not line or line == "/quit":
             return
-        messages.append({"role": "user", "content": defuse(line)})
+        if line == "/reset" or line.split()[0] == "/system":
+            if line != "/reset":
+                system = line.removeprefix("/system").strip() or None
+            messages = fresh()
+            print(f"(a new conversation; system prompt: {system!r})")
+            continue
+        if line.startswith("/"):
+            print(f"(unknown command {line.split()[0]}: {CHAT_COMMANDS}.)")
+            continue
+        messages, dropped = fit_conversation(tokenizer, [*messages, {"role": "user", "content": defuse(line)}],
+                                             context, room)
+        if dropped:
+            print(f"(the {dropped} oldest turns no longer fit the model's {context}-token context: dropped)")
         print("gpt> ", end="", flush=True)
-        reply = chat_reply(model, tokenizer, messages, stream=True, **sampling)
+        try:
+            reply = chat_reply(model, tokenizer, messages, stream=True, **sampling)
+        except ValueError as err:  # one message longer than the context: say so and keep chatting
+            print(f"({err})")
+            messages.pop()
+            continue
         messages.append({"role": "assistant", "content": reply})

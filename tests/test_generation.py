@@ -142,3 +142,44 @@ def test_complete_leaves_the_callers_random_numbers_alone(saved_model):
     greedy = complete(model, tokenizer, ["The", "A longer prompt"], 6, do_sample=False)
     alone = [complete(model, tokenizer, [p], 6, do_sample=False)[0] for p in ("The", "A longer prompt")]
     assert greedy == alone  # left padding does not change a row's answer
+
+
+def test_a_long_conversation_keeps_its_system_prompt_and_newest_turns(saved_model):
+    from hf_gpt.generation import fit_conversation
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_model)
+    system = [{"role": "system", "content": "Be brief."}]
+    turns = [{"role": role, "content": f"{role} turn {i} " * 3} for i in range(6) for role in ("user", "assistant")]
+    length = lambda m: len(tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
+    asked = [*system, *turns, {"role": "user", "content": "last question"}]
+    kept, dropped = fit_conversation(tokenizer, asked, context=length(asked) - 1 + 16, room=16)
+    assert kept[0] == system[0] and kept[-1] == asked[-1] and kept[1]["role"] == "user"  # whole exchanges go
+    assert kept == [*system, *asked[1 + dropped:]] and dropped == 2 and length(kept) + 16 <= length(asked) + 15
+    assert fit_conversation(tokenizer, asked, context=10_000, room=16) == (asked, 0)
+
+
+def test_chat_holds_a_conversation_past_the_context_with_commands(saved_model, monkeypatch, capsys):
+    import hf_gpt.generation as generation
+
+    sent = []
+    monkeypatch.setattr(generation, "chat_reply", lambda model, tok, messages, **kw: sent.append([*messages]) or "Ok.")
+    questions = [f"Question number {i}, a long one to fill the context quickly?" for i in range(10)]
+    generation.chat_loop(str(saved_model), None, lines=iter([*questions, "/system Be brief.", "Hi", "/reset", "Hey",
+                                                            "/nope", "/quit", "never read"]), max_new_tokens=16)
+    printed = capsys.readouterr().out
+    assert len(sent) == 12 and "/reset starts a new conversation" in printed.splitlines()[0]
+    context = AutoModelForCausalLM.from_pretrained(saved_model).config.max_position_embeddings
+    assert f"oldest turns no longer fit the model's {context}-token context: dropped" in printed
+    assert all(messages[-1]["content"] == q for messages, q in zip(sent, questions))  # every question answered
+    assert len(sent[9]) < 2 * 10  # the history was cut, not the chat
+    assert sent[10] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert sent[11] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hey"}]  # /reset
+    assert "unknown command /nope" in printed
+
+
+def test_cli_chat_runs_many_turns_on_a_small_context(saved_model):
+    turns = "".join(f"Tell me something about the number {i}, please.\n" for i in range(8)) + "/quit\n"
+    result = subprocess.run([sys.executable, "-m", "hf_gpt.cli", "chat", str(saved_model), "--temperature", "0",
+                             "--max-new-tokens", "16"], input=turns, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("gpt> ") == 8 and "dropped" in result.stdout
