@@ -15,6 +15,7 @@ Decoding: batch-64 greedy generate with the KV cache, tokens/s, hf-gpt vs GPT2LM
 import argparse
 import math
 import statistics
+import sys
 import time
 from types import SimpleNamespace
 
@@ -181,6 +182,9 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--out", default="runs/gpu-bench")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench/gpu_bench.py needs a CUDA GPU and this machine has none: `--device cpu --tiny --no-compile` "
+                 "runs the same code tiny on the CPU; bench/pretrain_bench.py is the CPU benchmark.")
     device = torch.device(args.device)
     s = shapes(args.tiny)
     data = Dataset.from_dict({"input_ids": torch.randint(3, s["vocab"], (args.batch * args.steps, s["context"]),

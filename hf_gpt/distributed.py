@@ -27,6 +27,10 @@ def multi_process_on_cpu() -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.accelerator.is_available():
         return False
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        raise ValueError(f"accelerate launch asked for {os.environ['ACCELERATE_MIXED_PRECISION']} mixed precision on "
+                         f"{os.environ['WORLD_SIZE']} processes, a GPU setup (recipes/accelerate/multi_gpu.yaml), and "
+                         "this machine has no GPU: for CPU cores use --config_file recipes/accelerate/multi_cpu.yaml.")
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise ValueError("accelerate launch asked for DeepSpeed, which needs GPUs, and this machine has none; for data "
                          "parallelism on CPU cores use --config_file recipes/accelerate/multi_cpu.yaml.")

@@ -41,6 +41,7 @@ class StageConfig:
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
         check_max_steps(self.max_steps)
+        check_precision_on_this_machine(self)
         super().__post_init__()
 
 
@@ -124,6 +125,18 @@ def peft_config(args: LoraConfigFields):
 
     return get_peft_config(ModelConfig(use_peft=args.use_peft, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                                        lora_dropout=args.lora_dropout, lora_target_modules=args.lora_target_modules))
+
+
+def check_precision_on_this_machine(args) -> None:
+    """Mixed precision asks for a GPU; on a machine without one say so, and what to run instead (transformers would
+    say "assign use_cpu")."""
+    import torch
+
+    flag = "bf16" if args.bf16 else "fp16" if args.fp16 else None
+    if flag and not args.use_cpu and not torch.accelerator.is_available():
+        raise ValueError(f"--{flag} true is mixed precision for a GPU, and this machine has none: leave it out on a "
+                         f"CPU (or add --use_cpu true to run {flag} on the CPU anyway, slowly). The gpt2-small and "
+                         "korean-gpu presets are GPU runs; on a CPU start with --config tiny or shakespeare.")
 
 
 def check_max_steps(max_steps: int) -> None:

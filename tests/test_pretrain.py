@@ -231,6 +231,28 @@ def test_tiny_preset_on_shakespeare_lowers_val_loss(tmp_path, shared_data):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gpu_presets_and_configs_on_a_machine_without_one_are_one_line(monkeypatch, tmp_path, one_line):
+    """The GPU preset, the multi-GPU launch config and the GPU bench each say "needs a GPU" and what to run instead;
+    nothing is left behind."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    line = one_line("pretrain", ["--config", "gpt2-small", "--output_dir", str(tmp_path / "run")])
+    assert "mixed precision for a GPU, and this machine has none" in line and "--config tiny" in line
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what `accelerate launch --config_file multi_gpu.yaml` sets in each process
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="this machine has no GPU: for CPU cores use .*multi_cpu.yaml"):
+        PretrainConfig(output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the bench runs for real")
+def test_the_gpu_bench_without_a_gpu_is_one_line():
+    bench = Path(__file__).parents[1] / "bench" / "gpu_bench.py"
+    result = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "bench/gpu_bench.py needs a CUDA GPU and this machine has none: `--device cpu --tiny --no-compile` runs the "
+        "same code tiny on the CPU; bench/pretrain_bench.py is the CPU benchmark."]
+
+
 @pytest.mark.parametrize("name", ["fsdp", "zero2", "zero3"])
 def test_fsdp_or_deepspeed_on_cpu_processes_is_refused(name, monkeypatch, tmp_path):
     """Without a GPU, Accelerate would run FSDP/DeepSpeed configs as plain DDP without a word: refused when parsed."""
