@@ -51,6 +51,14 @@ def _push(args: argparse.Namespace) -> None:
     print(f"Pushed {args.folder} to {args.repo_id}: {url}")
 
 
+class Parser(argparse.ArgumentParser):
+    """Every `--dashed-option` is also accepted as `--dashed_option`, the spelling of the recipes' flags."""
+
+    def add_argument(self, *names, **kwargs):
+        aliases = [n.replace("-", "_").replace("__", "--", 1) for n in names if n.startswith("--") and "-" in n[2:]]
+        return super().add_argument(*names, *aliases, **kwargs)
+
+
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy; low for facts, high for variety")
@@ -63,8 +71,8 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-gpt", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="hf-gpt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tokenizer = commands.add_parser("tokenizer", help="byte-level BPE tokenizer").add_subparsers(
         dest="action", required=True)
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "takes transformers serve's options", add_help=False)
     for stage in RECIPES:
         commands.add_parser(stage, help=f"the {stage} recipe: --config <preset or YAML> and any config field as a "
-                                        "flag (as recipes/{stage}.py)", add_help=False)
+                                        f"flag (as recipes/{stage}.py)", add_help=False)
     return parser
 
 

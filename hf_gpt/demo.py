@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from . import world
+from .cli import Parser
 from .data import BUILDERS, write_jsonl
 from .generation import complete
 from .hub import read_summary
@@ -385,7 +386,7 @@ def scale_of(data: str, scale: str | None) -> Scale:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="world", help="world (default, offline), english, korean, or three sources "
                         "PRETRAIN,SFT,PREFERENCES, each a local file or a Hub dataset name")
     parser.add_argument("--scale", default=None, choices=sorted(SCALES),

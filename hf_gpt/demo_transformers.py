@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 from . import world
+from .cli import Parser
 from .data import write_jsonl
 from .demo import Pipeline, pipeline_run_args
 from .hub import read_summary
@@ -174,7 +175,7 @@ def run(out: Path, scale: ComparisonScale, fresh: bool = False, seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="demo", choices=sorted(COMPARISON_SCALES))
     parser.add_argument("--output-dir", type=Path, default=Path("runs/transformers"))
     parser.add_argument("--fresh", action="store_true", help="redo finished stages")

@@ -34,20 +34,59 @@ def resolve_config(value: str, stage: str) -> str:
     """`--config` takes a YAML path or a preset name: `shakespeare` → recipes/configs/<stage>_shakespeare.yaml."""
     if Path(value).is_file():
         return value
-    presets = {p.name: p for p in files(CONFIG_PACKAGE).iterdir() if p.name.endswith(".yaml")}
-    if f"{stage}_{value}.yaml" in presets:
-        return str(presets[f"{stage}_{value}.yaml"])
-    names = sorted(n.removeprefix(f"{stage}_").removesuffix(".yaml") for n in presets if n.startswith(f"{stage}_"))
-    raise ValueError(f"Unknown {stage} config {value!r}: give a YAML file or one of the presets: {', '.join(names)}.")
+    preset = files(CONFIG_PACKAGE) / f"{stage}_{value}.yaml"
+    if preset.is_file():
+        return str(preset)
+    raise ValueError(f"Unknown {stage} config {value!r}: give a YAML file or one of the presets: "
+                     f"{', '.join(preset_names(stage))}.")
+
+
+def preset_names(stage: str) -> list[str]:
+    return sorted(p.name.removeprefix(f"{stage}_").removesuffix(".yaml") for p in files(CONFIG_PACKAGE).iterdir()
+                  if p.name.startswith(f"{stage}_") and p.name.endswith(".yaml"))
+
+
+def command_name(stage: str) -> str:
+    """How the user called the recipe: `python recipes/<stage>.py` or `hf-gpt <stage>`."""
+    return f"python recipes/{stage}.py" if Path(sys.argv[0]).name == f"{stage}.py" else f"hf-gpt {stage}"
+
+
+def recipe_help(config_class: type, stage: str) -> str:
+    """What `--help` shows: the command, `--config` and its presets, the stage's own fields and the defaults it sets,
+    then one pointer to the transformers/TRL arguments every recipe also takes (`--help-all` lists them)."""
+    import dataclasses
+    import textwrap
+
+    base = next(c for c in config_class.__mro__[1:] if dataclasses.is_dataclass(c) and hasattr(c, "to_dict")
+                and not c.__module__.startswith("hf_gpt"))  # TrainingArguments, or TRL's config of the stage
+    inherited = {f.name: f for f in dataclasses.fields(base)}
+    default = lambda f: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    lines = [f"usage: {command_name(stage)} [--config PRESET_OR_YAML] [--FIELD VALUE ...]", "",
+             *textwrap.wrap(" ".join((config_class.__doc__ or "").split()), 116), "",
+             "  --config PRESET_OR_YAML",
+             f"      a YAML file of fields, or a preset: {', '.join(preset_names(stage))} "
+             f"(recipes/configs/{stage}_<preset>.yaml)", "", f"{stage}'s fields (and the defaults it sets):"]
+    for f in dataclasses.fields(config_class):
+        if f.name in inherited and default(f) == default(inherited[f.name]):
+            continue
+        lines.append(f"  --{f.name} (default {default(f)!r})")
+        lines += textwrap.wrap(f.metadata.get("help", ""), 110, initial_indent="      ", subsequent_indent="      ")
+    lines += ["", f"Every field of {base.__module__.split('.')[0]}'s {base.__name__} is a flag too (--learning_rate, "
+              f"--max_steps, --save_steps, ...); `{command_name(stage)} --help-all` lists all of them."]
+    return "\n".join(lines)
 
 
 def parse_recipe_args(dataclass_types: tuple, stage: str, argv: list[str] | None = None) -> tuple:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(recipe_help(dataclass_types[0], stage))
+        sys.exit(0)
+    argv = ["--help" if a == "--help-all" else a for a in argv]
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         i = argv.index("--config") + 1
         argv[i] = resolve_config(argv[i], stage)
     # allow_abbrev=False: `--learning_rat` is an error, as an unknown YAML key is, not a silent `--learning_rate`.
-    return RecipeParser(dataclass_types, allow_abbrev=False).parse_args_and_config(argv)
+    return RecipeParser(dataclass_types, prog=command_name(stage), allow_abbrev=False).parse_args_and_config(argv)
 
 
 class RecipeParser(TrlParser):
