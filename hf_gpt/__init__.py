@@ -62,3 +62,12 @@ __all__ = [
     "scaled_dot_product_attention",
     "sinusoidal_position_encoding",
 ]
+
+# PEFT picks LoRA's target modules by model type: registered, `LoraConfig(task_type="CAUSAL_LM")` alone works on
+# hf_gpt models, on the attention's W^Q and W^V as for Llama (where hf_gpt is not installed, name them).
+try:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as _LORA_TARGETS
+except ImportError:
+    pass
+else:
+    _LORA_TARGETS.setdefault(HfGptConfig.model_type, ["q_proj", "v_proj"])

@@ -305,3 +305,15 @@ def test_vllm_transformers_backend_contract(position, tiny_model, tmp_path):
         for row, n in zip(rows, lengths):
             torch.testing.assert_close(out[:, start:start + n], model(row).logits, atol=1e-5, rtol=1e-5)
             start += n
+
+
+def test_lora_needs_only_a_task_type(tiny_model):
+    """README's PEFT snippet: `import hf_gpt` registers W^Q and W^V as LoRA's default targets for the model type."""
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model()
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4))
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {"q_proj", "v_proj"}
+    layers = base.config.num_hidden_layers
+    assert sum("lora_A" in name for name, p in model.named_parameters() if p.requires_grad) == 2 * layers
