@@ -7,11 +7,15 @@ through these functions, so the rules below hold everywhere:
 - a LoRA adapter folder (`adapter_config.json`, as SFT with `use_peft` saves it) loads with its base model, merged.
 """
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 REMOTE_CODE = ("it holds its own modelling code, which runs only with --trust-remote-code (trust_remote_code=True): "
@@ -111,7 +115,45 @@ def load_model(model_class, path: str, what: str = "the model", trust_remote_cod
     adapter = Path(path) / "adapter_config.json"
     if adapter.is_file() and not (Path(path) / "config.json").is_file():
         return _load_adapter(model_class, path, what, trust_remote_code, **kwargs)
-    return _from_pretrained(model_class, path, what, trust_remote_code=bool(trust_remote_code), **kwargs)
+    wants_info = kwargs.pop("output_loading_info", False)
+    with _without_load_report():
+        model, info = _from_pretrained(model_class, path, what, trust_remote_code=bool(trust_remote_code),
+                                       output_loading_info=True, **kwargs)
+    if wants_info:  # the caller judges what is missing (a reward model must not lack its head)
+        return model, info
+    _report_loading(info, path)
+    return model
+
+
+NEW_HEADS = ("score", "classifier")  # heads a stage adds on top of a saved body and trains
+
+
+def _report_loading(info: dict, path: str) -> None:
+    """One plain line for a new head (the reward or classification stage trains it); the keys themselves for
+    anything else that did not match the checkpoint."""
+    missing = sorted(info.get("missing_keys") or [])
+    heads = sorted({key.split(".")[0] for key in missing if key.split(".")[0] in NEW_HEADS})
+    if heads:
+        logger.warning("%s has no %s head: a new one, trained in this stage.", path, " or ".join(heads))
+    odd = {"missing": [k for k in missing if k.split(".")[0] not in NEW_HEADS],
+           "unexpected": sorted(info.get("unexpected_keys") or []),
+           "mismatched": [str(k) for k in info.get("mismatched_keys") or []]}
+    if any(odd.values()):
+        logger.warning("%s: the model and its checkpoint differ: %s", path,
+                       "; ".join(f"{kind} {keys[:8]}" for kind, keys in odd.items() if keys))
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """transformers' load report (a table with ANSI colours, advice to train a new head) left out: `_report_loading`
+    says it plainly. A filter, not a level: transformers reads its logger's level to decide other warnings."""
+    modeling = logging.getLogger("transformers.modeling_utils")
+    drop = lambda record: "LOAD REPORT" not in record.getMessage()
+    modeling.addFilter(drop)
+    try:
+        yield
+    finally:
+        modeling.removeFilter(drop)
 
 
 def _load_adapter(model_class, path: str, what: str, trust_remote_code: bool, **kwargs):

@@ -42,6 +42,10 @@ class StageConfig:
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
         check_max_steps(self.max_steps)
         check_precision_on_this_machine(self)
+        import torch
+
+        if not torch.accelerator.is_available():  # pinned memory speeds host→GPU copies; without a GPU torch warns
+            self.dataloader_pin_memory = False
         super().__post_init__()
 
 

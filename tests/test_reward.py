@@ -88,6 +88,20 @@ def test_reward_model_learns_a_preference_and_renders_like_ppo(tokenizer, tmp_pa
     assert good > bad
 
 
+def test_the_new_score_head_is_one_plain_line_and_expected_warnings_are_gone(tokenizer, tmp_path, model_folder,
+                                                                           capfd, caplog, recwarn):
+    rows = [{"prompt": "Human question?", "chosen": " A fine answer.", "rejected": " A rude answer."}] * 4
+    sft_folder = model_folder(tmp_path, tokenizer, "sft")
+    train_reward_model(RewardRecipeConfig(output_dir=str(tmp_path / "rm"), model_name_or_path=str(sft_folder),
+                                          data_files=[str(write_jsonl(tmp_path / "p.jsonl", rows))],
+                                          validation_fraction=0.0, max_steps=1, save_strategy="no"))
+    out, err = capfd.readouterr()
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count(f"{sft_folder} has no score head: a new one, trained in this stage.") == 1
+    assert "MISSING" not in out + err + " ".join(said) and "\x1b[" not in out + err
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]
+
+
 def test_reward_training_sees_the_same_ids_as_ppo_scoring(tokenizer, tmp_path, model_folder):
     rows = [{"prompt": "Human question?", "chosen": " A fine answer.", "rejected": " A rude answer."}] * 4
     args = RewardRecipeConfig(output_dir=str(tmp_path / "rm"),
