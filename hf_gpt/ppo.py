@@ -602,9 +602,10 @@ def score_change(history: list[dict]) -> dict:
 
 def plot_ppo_curves(history: list[dict], path: Path) -> None:
     points = lambda key: [(h["step"], h[key]) for h in history]
-    plot_panels(path, [("reward", "PPO step", {"score": points("objective/scores"),
-                                               "score − β·KL": points("objective/rlhf_reward")}),
-                       ("KL(π ‖ π_ref) per response (nats)", "PPO step", {"KL": points("objective/kl")})], width=5)
+    plot_panels(path, [("reward", "PPO step", "reward-model score", {"score": points("objective/scores"),
+                                                                     "score − β·KL": points("objective/rlhf_reward")}),
+                       ("KL(π ‖ π_ref) per response", "PPO step", "nats (k1 estimate: a batch's mean can dip below 0)",
+                        {"KL": points("objective/kl")})], width=5)
 
 
 def load_ppo_models(args: PPOConfig):

@@ -205,9 +205,9 @@ class SampleCallback(TrainerCallback):
 def plot_curves(log_history: list[dict], path: Path) -> None:
     """Train/val loss and val bits-per-byte against steps, as a PNG."""
     points = lambda key: [(h["step"], h[key]) for h in log_history if key in h]
-    plot_panels(path, [("Pretraining: cross-entropy (nats/token)", "step",
+    plot_panels(path, [("Pretraining: next-token cross-entropy", "step", "nats per token",
                         {"train loss": points("loss"), "val loss": points("eval_loss")}),
-                       ("Validation bits per byte", "step", {"val bpb": points("eval_bpb")})])
+                       ("Validation bits per byte", "step", "bits per byte", {"val bpb": points("eval_bpb")})])
 
 
 def pretrain_metrics(log_history: list[dict]) -> dict:

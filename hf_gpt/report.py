@@ -25,7 +25,7 @@ def plot_position_encoding(path: Path, length: int = 64, dim: int = 128, base: f
     ax.set_xlabel("dimension i")
     ax.set_ylabel("position k")
     ax.set_title(f"Sinusoidal positional encoding (n = {base:g})")
-    fig.colorbar(image)
+    fig.colorbar(image, label="P(k, i)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
@@ -42,9 +42,12 @@ def plot_attention(model, tokenizer, text: str, path: Path, layer: int = -1, nam
     model.set_attn_implementation(previous)
     tokens = [tokenizer.decode([t]) for t in ids[0]]
     fig, ax = figure(figsize=(6, 5.5))
-    ax.imshow(weights.numpy(), cmap="viridis")
+    image = ax.imshow(weights.numpy(), cmap="viridis")
     ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.set_xlabel("key: the token attended to")
+    ax.set_ylabel("query: the token attending")
+    fig.colorbar(image, label="attention weight (each row sums to 1)")
     ax.set_title(f"{name}Attention, layer {layer % model.config.num_hidden_layers}, mean over heads")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -73,14 +76,16 @@ def plot_sft_loss_mask(tokenizer, messages: list[dict], path: Path) -> Path:
 Series = dict[str, list[tuple[float, float]]]  # label → (x, y) points
 
 
-def plot_panels(path: Path, panels: list[tuple[str, str, Series]], width: float = 6.0) -> Path:
-    """Line plots side by side, one (title, x label, series) per panel, as a PNG: every curve of the project."""
+def plot_panels(path: Path, panels: list[tuple[str, str, str, Series]], width: float = 6.0) -> Path:
+    """Line plots side by side, one (title, x label, y label with its unit, series) per panel, as a PNG: every curve
+    of the project."""
     fig, axes = figure(1, len(panels), figsize=(width * len(panels), 3.6), squeeze=False)
-    for ax, (title, xlabel, series) in zip(axes[0], panels):
+    for ax, (title, xlabel, ylabel, series) in zip(axes[0], panels):
         for label, points in series.items():
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=2, label=label)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
@@ -88,8 +93,8 @@ def plot_panels(path: Path, panels: list[tuple[str, str, Series]], width: float 
     return path
 
 
-def plot_lines(path: Path, title: str, xlabel: str, series: Series) -> Path:
-    return plot_panels(path, [(title, xlabel, series)])
+def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, series: Series) -> Path:
+    return plot_panels(path, [(title, xlabel, ylabel, series)])
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -225,13 +230,14 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
     plot_sft_loss_mask(tokenizer, [{"role": "user", "content": "What is the capital of France?"},
                                    {"role": "assistant", "content": "The capital of France is Paris."}],
                        pics / "sft_loss_mask.png")
-    plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step",
+    plot_lines(pics / "pretrain_bpb.png", "Pretraining: validation bits per byte", "step", "bits per byte",
                {"val bpb": metrics["base"]["bpb_curve"]})
-    plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step",
+    plot_lines(pics / "sft_eval_loss.png", "SFT: held-out loss (response tokens)", "step", "nats per token",
                {"after pretraining": metrics["sft"]["eval_loss_curve"],
                 **({"without pretraining": metrics["sft_scratch"]["eval_loss_curve"]} if "sft_scratch" in ran else {})})
     if "ppo" in ran:
         plot_lines(pics / "ppo_reward_kl.png", "PPO: reward model score and KL to the SFT model", "PPO step",
+                   "score; KL in nats (k1: a batch's mean can dip below 0)",
                    {"score": metrics["ppo"]["score_curve"], "KL (nats)": metrics["ppo"]["kl_curve"]})
     samples = sft_sample_rows(out) if "accuracy" not in metrics["sft"] else []
     overall, by_language = accuracy_rows(metrics)
@@ -282,7 +288,8 @@ def plot_cross_attention(model, tokenizer, source: str, path: Path, layer: int =
     target_tokens = [tokenizer.decode([t]) for t in generated[0, 1:]]  # what each row produced
     font = korean_font()
     fig, ax = figure(figsize=(6, 5))
-    ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+    image = ax.imshow(weights.numpy(), cmap="viridis", aspect="auto")
+    fig.colorbar(image, label="attention weight (each row sums to 1)")
     ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=90, fontsize=8)
     labels = target_tokens if font else [str(i) for i in range(len(target_tokens))]
     ax.set_yticks(range(len(labels)), labels, fontsize=8, **({"fontname": font} if font else {}))

@@ -59,7 +59,7 @@ def test_the_model_file_and_the_embedded_world_stand_alone():
 def test_importing_and_plotting_keep_the_users_matplotlib_backend(tmp_path):
     script = ("import matplotlib, hf_gpt.ppo, hf_gpt.pretrain\n"
               "from hf_gpt.report import plot_panels\n"
-              f"plot_panels({str(tmp_path / 'curve.png')!r}, [('t', 'x', {{'y': [(0, 1), (1, 2)]}})])\n"
+              f"plot_panels({str(tmp_path / 'curve.png')!r}, [('t', 'x', 'y', {{'y': [(0, 1), (1, 2)]}})])\n"
               "print(matplotlib.get_backend())\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "MPLBACKEND": "svg"})
