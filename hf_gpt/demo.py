@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from . import world
 from .cli import Parser
 from .data import BUILDERS, write_jsonl
-from .generation import complete
+from .generation import complete, fit_conversation
 from .hub import read_summary
 from .loading import load_config, load_model_and_tokenizer, load_tokenizer
 from .ppo import PPOConfig, ppo
@@ -195,6 +195,22 @@ def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str,
     return results
 
 
+def conversation_accuracy(folder: Path, rows: list[dict]) -> dict[str, float]:
+    """The questions asked alone, then one after another in one conversation as `hf-gpt chat` sends them (the oldest
+    turns dropped when the context is full): the share answered with the right fact first, each way."""
+    tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, folder)
+    ask = lambda messages: complete(model.eval(), tokenizer, [messages], 32, do_sample=False)[0].strip()
+    alone = [ask([{"role": "user", "content": r["prompt"]}]).startswith(r["answer"]) for r in rows]
+    messages, together = [], []
+    for row in rows:
+        messages, _ = fit_conversation(tokenizer, [*messages, {"role": "user", "content": row["prompt"]}],
+                                       model.config.max_position_embeddings, 32)
+        reply = ask(messages)
+        together.append(reply.startswith(row["answer"]))
+        messages.append({"role": "assistant", "content": reply})
+    return {"questions": len(rows), "alone": sum(alone) / len(rows), "in_conversation": sum(together) / len(rows)}
+
+
 def fact_recall(folder: Path, rows: list[dict]) -> dict[str, float]:
     """Does a (base) model know each fact as plain text? Greedy continuation of the answer's start ("The capital of
     Norway is" → " Oslo.") per split: the knowledge that pretraining put in, without any chat format."""
@@ -223,11 +239,15 @@ def pipeline_run_args(seed: int) -> dict:
     return dict(report_to="none", disable_tqdm=True, save_strategy="no", seed=seed, overwrite_output_dir=True)
 
 
+# Keep the checkpoint with the best held-out figure: a checkpoint at every evaluation, the best one reloaded at the end.
+KEEP_BEST = dict(save_strategy="steps", save_total_limit=1, load_best_model_at_end=True)
+
+
 def training_length(steps: int, epochs: float | None, evaluations: int) -> dict:
     """Train `steps`, or `epochs` (the steps follow from the data size), evaluating `evaluations` times."""
-    if epochs is None:
-        return dict(max_steps=steps, eval_steps=max(steps // evaluations, 1))
-    return dict(max_steps=-1, num_train_epochs=epochs, eval_steps=1 / evaluations)
+    every = max(steps // evaluations, 1) if epochs is None else 1 / evaluations
+    length = dict(max_steps=steps) if epochs is None else dict(max_steps=-1, num_train_epochs=epochs)
+    return {**length, "eval_steps": every, "save_steps": every}  # saves are kept only with KEEP_BEST
 
 
 def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dict:
@@ -238,11 +258,16 @@ def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dic
         max_position_embeddings=max(scale.context, scale.block_size), n_layer=scale.layers, n_head=4,
         n_embd=scale.width, per_device_train_batch_size=16, learning_rate=2e-3,
         **training_length(scale.pretrain_steps, scale.pretrain_epochs, 5),
-        logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"], **pipeline_run_args(seed)))
+        logging_steps=10, sample_prompts=["The capital of Korea is", "대한민국의 수도는"],
+        **{**pipeline_run_args(seed), **KEEP_BEST}, metric_for_best_model="bpb", greater_is_better=False))
     history = trainer.state.log_history
-    evals = [h for h in history if "eval_bpb" in h]
+    trained = next(i for i, h in enumerate(history) if "train_runtime" in h)  # then the kept model's evaluation
+    evals = [h for h in history[:trained] if "eval_bpb" in h]
+    best = min(evals, key=lambda h: h["eval_bpb"])
     return {**read_summary(folder)["metrics"], "steps": trainer.state.global_step,
             "val_bpb_first": evals[0]["eval_bpb"], "val_bpb_last": evals[-1]["eval_bpb"],
+            "val_bpb_min": best["eval_bpb"], "best_step": best["step"],
+            "overfits_after": best["step"] if best is not evals[-1] else None,  # the kept model is the best step's
             "val_loss_last": evals[-1]["eval_loss"],
             "bpb_curve": [(h["step"], h["eval_bpb"]) for h in evals]}
 
@@ -252,8 +277,7 @@ def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0,
     """Stage 2: SFT from the base model (loss on response tokens only); accuracy before and after when checkable.
     With epochs, the checkpoint with the lowest held-out loss is the one kept."""
     before = chat_accuracy(base, evals) if evals and accuracy_before else None
-    best = dict(save_strategy="steps", save_steps=1 / 8, save_total_limit=1, load_best_model_at_end=True,
-                metric_for_best_model="eval_loss") if scale.sft_epochs else {}
+    best = {**KEEP_BEST, "metric_for_best_model": "eval_loss"} if scale.sft_epochs else {}
     trainer = sft(SFTRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(base), **data, system_prompt=system_prompt,
         per_device_train_batch_size=16, learning_rate=1e-3, **training_length(scale.sft_steps, scale.sft_epochs, 8),
@@ -316,6 +340,7 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
                "kl_curve": [(h["step"], h["objective/kl"]) for h in history]}
     if evals:
         metrics["accuracy"] = {"ppo": chat_accuracy(folder, evals)}
+        metrics["conversation"] = conversation_accuracy(folder, evals)
     return metrics
 
 

@@ -144,7 +144,8 @@ def baseline_rows(metrics: dict[str, dict]) -> list[dict]:
     rows = []
     base = metrics["base"]
     if "baseline_bigram_bpb" in base:
-        rows.append({"stage": "pretraining", "measure": "validation bits per byte", "value": base["val_bpb_last"],
+        rows.append({"stage": "pretraining", "measure": "validation bits per byte",
+                     "value": base.get("val_bpb", base["val_bpb_last"]),
                      "baseline": f"bigram table {base['baseline_bigram_bpb']:.3f} (unigram "
                                  f"{base['baseline_unigram_bpb']:.3f}), same tokens",
                      "beats baseline": verdict(base.get("beats_baseline"))})

@@ -39,6 +39,7 @@ LECTURE_SYSTEM_PROMPT = "You are a logical and concise assistant."
 TRAINING_SYSTEM_PROMPTS = (None, None, SYSTEM_PROMPT, LECTURE_SYSTEM_PROMPT, "한 문장으로 답하세요.")
 EVAL_SYSTEM_PROMPTS = (None, LECTURE_SYSTEM_PROMPT, "Be brief and correct.")  # the last one never trained on
 RAMBLING_DEMONSTRATIONS = 0.6  # share of SFT demonstrations that add a second, unasked-for fact
+MULTI_TURN_DEMONSTRATIONS = 0.3  # share of SFT demonstrations that follow earlier exchanges
 
 _SINO_KOREAN_DIGITS = "영일이삼사오육칠팔구"
 
@@ -143,15 +144,23 @@ def pretraining_documents(n: int, seed: int = 0) -> list[str]:
     return [" ".join(_qa(rng, "all")[1] for _ in range(rng.randint(3, 8))) for _ in range(n)]
 
 
-def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATIONS) -> list[dict]:
+def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATIONS,
+             multi_turn_share: float = MULTI_TURN_DEMONSTRATIONS) -> list[dict]:
     """Demonstrations (chat messages, system prompt varied or absent) on seen subjects: the right answer, followed by
-    another fact in `rambling_share` of them."""
-    rng = random.Random(seed)
+    another fact in `rambling_share` of them; in `multi_turn_share` of them the question comes after one or two
+    earlier exchanges, so that a chat model answers the last question, not an earlier one."""
+    rng, earlier = random.Random(seed), random.Random(seed + 1)  # the last turns do not depend on the earlier ones
     rows = []
     for q, right, _ in (_qa(rng) for _ in range(n)):
         reply = rambling(right, rng) if rng.random() < rambling_share else right
-        rows.append({"messages": [*chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS)),
-                                  {"role": "assistant", "content": reply}]})
+        *system, question = chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS))
+        history = []
+        if earlier.random() < multi_turn_share:
+            for _ in range(earlier.randint(1, 2)):
+                before, answer, _ = _qa(earlier)  # demonstrated like the last one: rambling as often
+                answer = rambling(answer, earlier) if earlier.random() < rambling_share else answer
+                history += [{"role": "user", "content": before}, {"role": "assistant", "content": answer}]
+        rows.append({"messages": [*system, *history, question, {"role": "assistant", "content": reply}]})
     return rows
 
 

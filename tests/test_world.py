@@ -66,3 +66,15 @@ def test_system_prompts_vary_and_are_often_absent():
     assert 0.3 < systems.count(None) / len(rows) < 0.5
     assert set(systems) == set(world.TRAINING_SYSTEM_PROMPTS)
     assert "Be brief and correct." not in systems  # an evaluation-only system prompt
+
+
+def test_some_demonstrations_follow_earlier_exchanges_answered_right():
+    rows = world.sft_rows(1000)
+    longer = [r["messages"] for r in rows if sum(t["role"] == "user" for t in r["messages"]) > 1]
+    assert 0.25 < len(longer) / len(rows) < 0.35
+    for messages in longer:
+        turns = [t for t in messages if t["role"] != "system"]
+        for question, answer in zip(turns[:-2:2], turns[1:-2:2]):  # every exchange before the last question
+            assert answer["content"].startswith(world.right_answer(question["content"]))
+    # The last question and its reply are those of the single-turn rows: earlier turns only come before them.
+    assert [r["messages"][-2:] for r in rows] == [r["messages"][-2:] for r in world.sft_rows(1000, multi_turn_share=0)]
