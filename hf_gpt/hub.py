@@ -53,6 +53,7 @@ def render_template(name: str, trim_blocks: bool = False, **values) -> str:
     """A template of the package's `model_cards/` (model cards and the demo's report), rendered with Jinja."""
     env = jinja2.Environment(loader=jinja2.FunctionLoader(lambda n: (files(TEMPLATES) / n).read_text("utf-8")),
                              keep_trailing_newline=True, trim_blocks=trim_blocks)
+    env.filters["pyrepr"] = repr
     return env.get_template(name).render(**values)
 
 

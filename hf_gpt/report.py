@@ -308,60 +308,11 @@ def write_transformers_report(out: Path, metrics: dict[str, dict]) -> Path:
     shapes = [{**r, "shape": "(" + ", ".join(map(str, r["shape"])) + ")"} for r in translation["shapes"]]
     example = translation["shapes_example"]
     targets = translation.get("cross_attention_tokens", [])
-    lines = [
-        "# The lecture's three Transformers, from the same blocks",
-        "",
-        "GPT (decoder: masked self-attention), BERT (encoder: bidirectional self-attention, masked LM) and the "
-        "encoder-decoder (self-attention, masked self-attention, cross-attention), trained on the demo world.",
-        "",
-        "## GPT vs BERT: fill the blank",
-        "",
-        "The lecture's slide: in \"어제 카페 갔었어 [MASK] 사람 많더라\" GPT can only continue \"어제 카페 갔었어\", "
-        "while BERT fills the blank from both sides. The same contrast, measured on the world's sentences, whose "
-        "blanks have one right answer:",
-        "",
-        f"Same text, tokenizer and size. GPT: validation bits per byte {_fmt(gpt.get('val_bpb'))}. "
-        f"BERT: masked-token accuracy {_fmt(bert.get('eval_masked_accuracy'))} on held-out text.",
-        "The blanked word is fixed by the words after it. GPT can only continue from the left (greedy, as many "
-        "tokens as the word has); BERT reads both sides (one [MASK] per token of the word). Share of blanks filled "
-        "exactly, every token right:",
-        "",
-        markdown_table(slide["accuracy"]),
-        "",
-        markdown_table(slide["examples"]),
-        "",
-        "Where each model looks (last block, mean over heads): GPT's masked self-attention leaves the upper triangle "
-        "empty, every token reads only the past; BERT's rows run across the whole sentence.",
-        "",
-        "![GPT attention](gpt_attention.png) ![BERT attention](bert_attention.png)",
-        "",
-        "## Encoder-decoder: English → Korean",
-        "",
-        f"Trained on {translation['train_pairs']} sentence pairs of the world; {translation['held_out_pairs']} "
-        "held-out sentences (statements about the held-out countries and sums) were never trained on, though each of "
-        f"their words was. Held-out exact match **{_fmt(translation['held_out_exact_match'])}**, chrF "
-        f"**{translation['held_out_chrf']:.1f}**; exact match on training sentences "
-        f"{_fmt(translation['seen_exact_match'])}.",
-        "",
-        markdown_table(translation["by_kind"]),
-        "",
-        "A held-out sentence is translated right when the decoder composes it from trained parts (the pattern, and "
-        "each word's translation, which the cross-attention looks up in the source); it fails where the decoder "
-        "writes a word it memorised in that pattern instead of the one the source names.",
-        "",
-        markdown_table([{k: r[k] for k in ("source", "target", "translation")} for r in translation["samples"]]),
-        "",
-        "![cross-attention](cross_attention.png)",
-        "",
-        *([f"Target tokens (rows): {', '.join(f'{i}: {t!r}' for i, t in enumerate(targets))}", ""] if targets else []),
-        "## The lecture's shapes, read from real tensors",
-        "",
-        f"Source {example['source']!r} (L tokens) → target {example['target']!r} (T tokens, with the start token); "
-        "first blocks, batch dimension dropped.",
-        "",
-        markdown_table(shapes),
-        "",
-    ]
+    samples = [{k: r[k] for k in ("source", "target", "translation")} for r in translation["samples"]]
+    text = render_template("transformers_report.md.j2", trim_blocks=True, gpt=gpt, bert=bert, slide=slide,
+                           translation=translation, samples=samples, shapes=shapes, example=example,
+                           targets=", ".join(f"{i}: {t!r}" for i, t in enumerate(targets)), table=markdown_table,
+                           fmt=_fmt)
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
