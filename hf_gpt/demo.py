@@ -345,13 +345,15 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
 
 
 class Pipeline:
-    def __init__(self, out: Path, data: str, scale: Scale, fresh: bool, seed: int = 0):
+    def __init__(self, out: Path, data: str, scale: Scale, fresh: bool, seed: int = 0, stages: int | None = None):
         self.out, self.data_name, self.scale, self.fresh, self.seed = out, data, scale, fresh, seed
         self.metrics: dict[str, dict] = {}
-        self.stages = 4 + scale.sft_baseline  # pretraining, SFT (and from scratch), reward model, PPO
+        # The stages it will announce as "i of n": pretraining, SFT (and SFT from scratch), reward model, PPO.
+        self.stages, self.announced = stages or 4 + scale.sft_baseline, 0
 
     def _heading(self, name: str) -> str:
-        return f"[stage {len(self.metrics) + 1}/{self.stages}: {name}]"
+        self.announced += 1
+        return f"[stage {self.announced}/{self.stages}: {name}]"
 
     def stage(self, name: str, run: Callable[[Path], dict]) -> dict:
         """Run a stage into out/<name>, or reuse it if it finished before with the same seed."""

@@ -163,7 +163,7 @@ def translation_stage(folder: Path, scale: ComparisonScale, seed: int) -> dict:
 
 
 def run(out: Path, scale: ComparisonScale, fresh: bool = False, seed: int = 0) -> dict[str, dict]:
-    pipeline = Pipeline(out, "transformers", scale, fresh, seed)
+    pipeline = Pipeline(out, "transformers", scale, fresh, seed, stages=3)  # GPT, BERT, the encoder-decoder
     data = write_jsonl(out / "data" / "pretrain.jsonl",
                        [{"text": t} for t in world.pretraining_documents(scale.documents)])
     pipeline.stage("gpt", lambda f: gpt_stage(f, Path(data), scale, seed))

@@ -35,6 +35,7 @@ class ReadableProgress(ProgressCallback):
     def __init__(self, title: str, bar: bool):
         super().__init__()
         self.title, self.bar = title, bar
+        self.start, self.first_step = time.perf_counter(), None  # a rerun that only finishes a save never trains
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start, self.first_step = time.perf_counter(), state.global_step
@@ -57,7 +58,8 @@ class ReadableProgress(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        line = progress_line(self.title, state.global_step, state.max_steps, state.global_step - self.first_step,
+        first = state.global_step if self.first_step is None else self.first_step
+        line = progress_line(self.title, state.global_step, state.max_steps, state.global_step - first,
                              time.perf_counter() - self.start, logs)
         if self.bar and self.training_bar is not None:
             self.training_bar.write(line)

@@ -222,7 +222,9 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
     ran = [name for name in metrics if "skipped" not in metrics[name]]
     final = out / ("ppo" if "ppo" in ran else "sft")
     verdicts = baseline_rows(metrics)
-    write_json(out / "summary.json", {"data": data_name, "final_model": final.name, "baselines": verdicts})
+    figures = {name: {k: v for k, v in stage.items() if not k.endswith("curve")} for name, stage in metrics.items()}
+    write_json(out / "summary.json", {"data": data_name, "final_model": final.name, "baselines": verdicts,
+                                      "stages": figures})  # every figure README quotes
     tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, final)
     model.eval()
     plot_position_encoding(pics / "position_encoding.png", 64, model.config.hidden_size,

@@ -195,6 +195,10 @@ def test_the_report_measures_the_final_model_in_one_long_conversation(run):
     out, m = run
     conversation = m["ppo"]["conversation"]
     assert conversation["questions"] == 96 and 0 <= conversation["in_conversation"] <= 1
+    summary = json.loads((out / "summary.json").read_text())  # every figure README quotes is there
+    assert summary["stages"]["ppo"]["conversation"] == conversation
+    assert summary["stages"]["sft"]["accuracy"]["sft"]["held_out"]["exact"] == m["sft"]["accuracy"]["sft"][
+        "held_out"]["exact"] and "seconds" in summary["stages"]["base"] and "bpb_curve" not in summary["stages"]["base"]
     report = (out / "report.md").read_text()
     assert (f"{conversation['in_conversation']:.2f} answered with the right fact first, against "
             f"{conversation['alone']:.2f} when each is asked alone (96 questions)") in report

@@ -34,8 +34,10 @@ def test_transformers_demo_runs_reports_and_reuses_its_stages(tmp_path, capsys):
     assert shapes["(h, T, L)"][1:] == (shapes["(h, T, T)"][1], shapes["(h, L, L)"][1])
     assert {r["blank"] for r in metrics["slide"]["accuracy"]} == {"capital (en)", "capital (ko)", "sum"}
     assert metrics["translate"]["held_out_pairs"] == 24
+    capsys.readouterr()
     run(tmp_path, COMPARISON_SCALES["tiny"])
-    assert "[gpt] reusing" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert all(f"[stage {i}/3: {name}] reusing" in again for i, name in ((1, "gpt"), (2, "bert"), (3, "translate")))
 
 
 def test_mlm_recipe_learns_and_refuses_to_overwrite(tmp_path):
