@@ -35,6 +35,12 @@ def seconds(clock: str) -> float:
     return parts.get("h", 0) * 3600 + parts.get("m", 0) * 60 + parts.get("s", 0)
 
 
+def duration(value) -> str:
+    if not isinstance(value, int):
+        return str(value)
+    return f"{value} s" if value < 90 else f"{value / 60:.0f} min" if value < 5400 else f"{value / 3600:.1f} h"
+
+
 def command(name: str, out: Path, *extra: str) -> list[str]:
     stage, preset = name.split(":")
     starts = CHAIN[name]
@@ -91,8 +97,7 @@ def main() -> None:
     for name in args.only:
         prepare(name, args.output_dir, made)
         row = timed(name, args.output_dir, args.seconds)
-        minutes = f"{row['time'] / 60:.0f} min" if isinstance(row["time"], int) else row["time"]
-        print(f"| `{name}` | {row.get('steps', '')} | {minutes} | {row.get('how', '')} |", flush=True)
+        print(f"| `{name}` | {row.get('steps', '')} | {duration(row['time'])} | {row.get('how', '')} |", flush=True)
 
 
 if __name__ == "__main__":
