@@ -178,7 +178,8 @@ def test_chat_holds_a_conversation_past_the_context_with_commands(saved_model, m
 
 
 def test_cli_chat_runs_many_turns_on_a_small_context(saved_model):
-    turns = "".join(f"Tell me something about the number {i}, please.\n" for i in range(8)) + "/quit\n"
+    turns = "".join(f"Tell me something about the number {i}, please.\n숫자 {i}에 대해 알려 주세요.\n"
+                    for i in range(4)) + "/quit\n"  # English and Korean turns, past the context
     result = subprocess.run([sys.executable, "-m", "hf_gpt.cli", "chat", str(saved_model), "--temperature", "0",
                              "--max-new-tokens", "16"], input=turns, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
