@@ -45,3 +45,17 @@ def test_the_cli_takes_either_flag_spelling():
     assert parse(["generate", "m", "p", "--max_new_tokens", "5", "--top_p", "0.9"]).max_new_tokens == 5
     assert parse(["generate", "m", "p", "--max-new-tokens", "5", "--top-p", "0.9"]).top_p == 0.9
     assert parse(["tokenizer", "train", "--files", "a.txt", "--vocab_size", "300", "--out", "t"]).vocab_size == 300
+
+
+def test_readme_gives_a_time_for_every_preset():
+    """README's table of preset times covers every preset the recipes ship but the GPU ones (a new preset needs its
+    time measured: bench/preset_times.py), and README.ko names each too."""
+    import re
+
+    readme, korean = ((Path(__file__).parents[1] / name).read_text(encoding="utf-8")
+                      for name in ("README.md", "README.ko.md"))
+    table = readme.split("How long each preset takes")[1].split("\n\n")[1]
+    timed = set(re.findall(r"`(\w+) --config ([\w-]+)`", table))
+    shipped = {(stage, preset) for stage in RECIPES for preset in preset_names(stage)}
+    assert timed == {(stage, preset) for stage, preset in shipped if preset not in ("gpt2-small", "korean-gpu")}
+    assert all(preset in korean for _, preset in shipped)
