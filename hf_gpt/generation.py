@@ -95,11 +95,8 @@ def generate_text(model_name_or_path: str, prompts: str | list[str], seed: int |
 
 @torch.no_grad()
 def chat_reply(model, tokenizer, messages: list[dict], stream: bool = False, **sampling) -> str:
-    """One assistant turn for a conversation (system prompt included), stopping at eos."""
-    length = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
-    if length >= model.config.max_position_embeddings:
-        raise ValueError(f"The conversation has {length} tokens and the model's context is "
-                         f"{model.config.max_position_embeddings}: shorten the message.")
+    """One assistant turn for a conversation (system prompt included), stopping at eos; a conversation longer than
+    the context is a ValueError (from `complete`)."""
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     return complete(model, tokenizer, [messages], sampling.get("max_new_tokens", 64), seed=None, streamer=streamer,
                     generation_config=sampling_config(model, **sampling))[0]

@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-REMOTE_CODE = ("it holds its own modelling code, which runs only with --trust-remote-code (trust_remote_code=True): "
-               "read that code first")
+REMOTE_CODE = ("it holds its own modelling code, which runs only when allowed (--trust-remote-code; the "
+               "trust_remote_code argument in Python): read that code first")
 
 
 class RemoteCodeRefused(ValueError):
@@ -77,9 +77,10 @@ def _check_tokenizer_files(path: str, what: str) -> None:
                                 f"({what}).")
 
 
-def _from_pretrained(loader, path: str, what: str, **kwargs):
+def _from_pretrained(loader, path: str, what: str, trust_remote_code: bool, **kwargs):
+    """The one call of transformers' loaders: `trust_remote_code` always given, errors as one line."""
     try:
-        return loader.from_pretrained(path, **kwargs)
+        return loader.from_pretrained(path, trust_remote_code=bool(trust_remote_code), **kwargs)
     except (OSError, HFValidationError, ValueError, RuntimeError, SafetensorError, KeyError) as err:
         cause = _one_line(err)
         if "contains custom code" in cause or "trust_remote_code" in cause:
@@ -92,7 +93,7 @@ def load_config(path: str, trust_remote_code: bool = False, what: str = "the mod
 
     path = str(path)
     check_model_source(path, what, trust_remote_code)
-    return _from_pretrained(AutoConfig, path, what, trust_remote_code=bool(trust_remote_code), **kwargs)
+    return _from_pretrained(AutoConfig, path, what, trust_remote_code, **kwargs)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, what: str = "the tokenizer", **kwargs):
@@ -104,11 +105,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, what: str = "the 
     elif (local / "config.json").is_file():
         _check_model_type(local, what, trust_remote_code)
     _check_tokenizer_files(path, what)
-    return _from_pretrained(AutoTokenizer, path, what, trust_remote_code=bool(trust_remote_code), **kwargs)
+    return _from_pretrained(AutoTokenizer, path, what, trust_remote_code, **kwargs)
 
 
 def load_model(model_class, path: str, what: str = "the model", trust_remote_code: bool = False, **kwargs):
-    """`model_class.from_pretrained(path, **kwargs)` with the rules above; a LoRA adapter folder is merged into its
+    """`model_class` loaded from `path` (with `kwargs`) under the rules above; a LoRA adapter folder is merged into its
     base model."""
     path = str(path)
     check_model_source(path, what, trust_remote_code)
@@ -117,7 +118,7 @@ def load_model(model_class, path: str, what: str = "the model", trust_remote_cod
         return _load_adapter(model_class, path, what, trust_remote_code, **kwargs)
     wants_info = kwargs.pop("output_loading_info", False)
     with _without_load_report():
-        model, info = _from_pretrained(model_class, path, what, trust_remote_code=bool(trust_remote_code),
+        model, info = _from_pretrained(model_class, path, what, trust_remote_code,
                                        output_loading_info=True, **kwargs)
     if wants_info:  # the caller judges what is missing (a reward model must not lack its head)
         return model, info
@@ -171,6 +172,8 @@ def _load_adapter(model_class, path: str, what: str, trust_remote_code: bool, **
     output_info = isinstance(model, tuple)
     model, info = model if output_info else (model, None)
     try:
+        # An adapter folder holds a config and weights only: PEFT runs no code from it (the base was loaded above,
+        # under the caller's trust_remote_code).
         merged = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError, RuntimeError, SafetensorError, KeyError) as err:
         raise ValueError(f"Cannot load {what} from the adapter {path}: {_one_line(err)}") from None
