@@ -1,4 +1,5 @@
 """The `hf-gpt` command line: `hf-gpt tokenizer train`, `hf-gpt generate`, `hf-gpt chat`, `hf-gpt push`, `hf-gpt serve`,
+`hf-gpt eval`, `hf-gpt export-gguf`,
 and the training recipes `hf-gpt pretrain|sft|reward|ppo|grpo|rloo|dpo|mlm|classify|translate` (the same as
 `python recipes/<stage>.py`, for an installed package without the repository)."""
 
@@ -42,6 +43,25 @@ def _chat(args: argparse.Namespace) -> None:
 
         torch.manual_seed(args.seed)
     chat_loop(args.model, args.system, trust_remote_code=args.trust_remote_code, **_sampling(args))
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from .export_gguf import export_gguf
+
+    out = export_gguf(args.folder, args.out, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    print(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.dtype}): chat with it in llama.cpp with "
+          f"llama-cli -m {out} --jinja -cnv")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval_harness import evaluate, quiet_harness
+    from .hub import lm_eval_table
+
+    quiet_harness()
+    report = evaluate(args.model, args.tasks, limit=args.limit, batch_size=args.batch_size,
+                      apply_chat_template=args.apply_chat_template, num_fewshot=args.num_fewshot,
+                      trust_remote_code=args.trust_remote_code, output_dir=args.output_dir)
+    print(lm_eval_table(args.output_dir or args.model) if (args.output_dir or Path(args.model).is_dir()) else report)
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -107,6 +127,36 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="a branch to push to (created if missing)")
     push.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the Hub's answer (default 60)")
     push.set_defaults(func=_push)
+
+    evaluate = commands.add_parser(
+        "eval", help="score a model with lm-evaluation-harness (results beside it and in its model card)",
+        description="Score a saved model with lm-evaluation-harness: hf-gpt's own tasks (world_facts for base "
+        "models, world_chat for chat models, klue_nli_ko and nsmc_ko from ../shared/data) or any task the harness "
+        "knows (hellaswag, arc_easy, lambada_openai, kobest_boolq: downloaded from the Hub). Results go to "
+        "lm_eval_results.json and README.md (model-index) in the folder.")
+    evaluate.add_argument("model", help="a saved folder (or a Hub id, with --output-dir)")
+    evaluate.add_argument("--tasks", nargs="+", required=True, help="task or tag names, e.g. world_chat hellaswag")
+    evaluate.add_argument("--limit", type=float, default=None, help="at most this many examples per task "
+                          "(a fraction below 1: that share); for a quick look, not a result")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--num-fewshot", type=int, default=None, help="examples in each prompt (task default)")
+    evaluate.add_argument("--apply-chat-template", action="store_true",
+                          help="ask the harness's tasks through the chat template (hf-gpt's chat tasks always are)")
+    evaluate.add_argument("--output-dir", default=None, help="where results go (default: the model folder)")
+    evaluate.add_argument("--trust-remote-code", action="store_true",
+                          help="run modelling code from the folder or repo (off by default, as in transformers)")
+    evaluate.set_defaults(func=_eval)
+
+    export = commands.add_parser("export-gguf", help="write a decoder folder as a GGUF file for llama.cpp/Ollama",
+                                 description="The model, its tokenizer and chat template as one GGUF file that "
+                                 "llama.cpp runs (GPT-2's graph; RoPE models as GPT-NeoX's).")
+    export.add_argument("folder", help="a saved decoder folder (base, SFT, PPO), a LoRA adapter folder or a Hub id")
+    export.add_argument("out", type=Path, help="the .gguf file to write")
+    export.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default="f32",
+                        help="weight matrices' type (norms, biases, positions stay f32); q8_0 is ~4x smaller")
+    export.add_argument("--trust-remote-code", action="store_true",
+                        help="run modelling code from the folder or repo (off by default, as in transformers)")
+    export.set_defaults(func=_export_gguf)
 
     commands.add_parser("serve", help="transformers serve (OpenAI-compatible) for hf_gpt models; "
                                       "takes transformers serve's options", add_help=False)

@@ -106,14 +106,13 @@ STAGES_DATA = ("pretrain", "sft", "preferences")
 
 
 def world_data(folder: Path, scale: Scale) -> dict[str, dict]:
-    """The world's four training files; no held-out subject is in the SFT, preference or PPO files."""
-    files = {
-        "pretrain": write_jsonl(folder / "pretrain.jsonl",
-                                [{"text": t} for t in world.pretraining_documents(scale.documents)]),
-        "sft": write_jsonl(folder / "sft.jsonl", world.sft_rows(scale.sft_rows)),
-        "preferences": write_jsonl(folder / "preferences.jsonl", world.preference_rows(scale.preference_rows)),
-        "ppo": write_jsonl(folder / "ppo_prompts.jsonl", world.ppo_prompts(400)),
-    }
+    """The world's four training files, each a one-file data set folder (`<stage>/train.jsonl`, which
+    `load_dataset(folder)` and TRL's `--dataset_name folder` read); no held-out subject is in the SFT, preference or
+    PPO files."""
+    rows = {"pretrain": [{"text": t} for t in world.pretraining_documents(scale.documents)],
+            "sft": world.sft_rows(scale.sft_rows), "preferences": world.preference_rows(scale.preference_rows),
+            "ppo": world.ppo_prompts(400)}
+    files = {stage: write_jsonl(folder / stage / "train.jsonl", stage_rows) for stage, stage_rows in rows.items()}
     return {stage: {"data_files": [path]} for stage, path in files.items()}
 
 
@@ -344,12 +343,38 @@ def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict
     return metrics
 
 
+# hf-gpt's lm-evaluation-harness tasks per saved model (hf_gpt/lm_eval_tasks): the world's facts on the base model,
+# its chat questions on the chat models; the Korean preset's base model on NSMC and KLUE-NLI.
+LM_EVAL_PLANS = {"world": {"base": ["world_facts"], "sft": ["world_chat"], "ppo": ["world_chat"]},
+                 "korean": {"base": ["nsmc_ko", "klue_nli_ko"]}}
+
+
+def lm_eval_stage(out: Path, plan: dict[str, list[str]]) -> dict:
+    """Stage 5: the saved models scored by lm-evaluation-harness (`hf-gpt eval`), results in each folder's
+    lm_eval_results.json and model card."""
+    from .eval_harness import evaluate, quiet_harness
+
+    quiet_harness()
+    return {model: evaluate(str(out / model), tasks)["tasks"] for model, tasks in plan.items()
+            if (out / model / "config.json").is_file()}
+
+
+def lm_eval_available() -> bool:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class Pipeline:
     def __init__(self, out: Path, data: str, scale: Scale, fresh: bool, seed: int = 0, stages: int | None = None):
         self.out, self.data_name, self.scale, self.fresh, self.seed = out, data, scale, fresh, seed
         self.metrics: dict[str, dict] = {}
-        # The stages it will announce as "i of n": pretraining, SFT (and SFT from scratch), reward model, PPO.
-        self.stages, self.announced = stages or 4 + scale.sft_baseline, 0
+        # The stages it will announce as "i of n": pretraining, SFT (and SFT from scratch), reward model, PPO, and
+        # lm-evaluation-harness where hf-gpt ships tasks for the data.
+        self.lm_eval = LM_EVAL_PLANS.get(data) if lm_eval_available() else None
+        self.stages, self.announced = stages or 4 + scale.sft_baseline + bool(self.lm_eval), 0
 
     def _heading(self, name: str) -> str:
         self.announced += 1
@@ -368,6 +393,7 @@ class Pipeline:
                                                else ""), flush=True)
         start = time.perf_counter()
         metrics = {**run(folder), "seed": self.seed, "seconds": round(time.perf_counter() - start, 1)}
+        folder.mkdir(parents=True, exist_ok=True)  # a stage that only reads (lm_eval) has written nothing there
         write_json(done, metrics)
         self.metrics[name] = metrics
         return metrics
@@ -397,6 +423,8 @@ class Pipeline:
             prompts = data.get("ppo", data["preferences"])
             self.stage("ppo", lambda folder: ppo_stage(folder, out / "sft", out / "reward", prompts, scale, seed, evals,
                                                        drop_long_prompts=not world_mode))
+        if self.lm_eval:
+            self.stage("lm_eval", lambda folder: lm_eval_stage(out, self.lm_eval))
         questions = PRESETS[self.data_name].questions if self.data_name in PRESETS else ()
         write_report(out, self.data_name, self.metrics, *(questions and [questions]))
         return self.metrics

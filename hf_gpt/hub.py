@@ -23,12 +23,13 @@ from .run_folder import SUMMARY, write_json
 
 TEMPLATES = "hf_gpt.model_cards"  # the top-level model_cards/, shipped in the wheel as package data
 STAGES = ("base", "sft", "reward", "ppo")
+LM_EVAL_RESULTS = "lm_eval_results.json"  # written by `hf-gpt eval` beside the model
 # The files a saved hf_gpt folder is made of; nothing else is uploaded (no pickles, checkpoints, logs or stray files).
 KNOWN_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "modeling_hf_gpt.py", "configuration_hf_gpt.py",
                "training_summary.json", "reward_metrics.json", "samples.md", "held_out_translations.jsonl",
-               "curves.png", "ppo_curves.png")
+               "curves.png", "ppo_curves.png", LM_EVAL_RESULTS)
 SHARDS = "model-*-of-*.safetensors"
 SUBFOLDERS = ("value_model", "merged")  # PPO's value model, SFT's LoRA-merged model: saved folders themselves
 METRICS = {  # stage → (summary key, metric type, metric name)
@@ -92,20 +93,51 @@ def render_card(folder: str | Path, repo_id: str) -> str:
                                    dataset_type=hub_datasets[0] if hub_datasets else "local",
                                    dataset_name=hub_datasets[0] if hub_datasets else "held-out split",
                                    metric_type=metric_type, metric_name=metric_name, metric_value=float(value))]
+    eval_results = (eval_results or []) + _lm_eval_results(folder, PIPELINE_TAGS.get(stage, "text-generation"))
     base_model = summary.get("base_model")
     card_data = ModelCardData(
         library_name="transformers", license="apache-2.0", pipeline_tag=PIPELINE_TAGS.get(stage, "text-generation"),
         tags=["hf-gpt", "custom_code", stage], datasets=hub_datasets or None,
         base_model=base_model if base_model and _is_hub_id(base_model) else None, model_name=repo_id,
-        eval_results=eval_results)
+        eval_results=eval_results or None)
     weights = folder / "model.safetensors"
     num_parameters = _count_parameters(weights) if weights.exists() else 0
     template = "aligned.md.j2" if stage in ALIGNED else f"{stage}.md.j2"
     text = render_template(template, method=ALIGNED.get(stage),
         card_data=card_data.to_yaml(), repo_id=repo_id, config=_Namespace(config), num_parameters=num_parameters,
-        training=_training_text(summary))
+        training=_training_text(summary), evaluation=lm_eval_table(folder))
     ModelCard(text)  # parses the YAML header: raises if it is not valid metadata
     return text
+
+
+def read_lm_eval(folder: Path) -> dict | None:
+    path = Path(folder) / LM_EVAL_RESULTS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def lm_eval_table(folder: Path) -> str:
+    """`hf-gpt eval`'s results in markdown: a row per task and metric, value ± standard error, examples."""
+    report = read_lm_eval(folder)
+    if not report:
+        return ""
+    lines = ["| task | metric | value | examples |", "|---|---|---|---|"]
+    for task, entry in report["tasks"].items():
+        for metric, value in entry["metrics"].items():
+            err = f" ± {value['stderr']:.3f}" if value.get("stderr") is not None else ""
+            lines.append(f"| {task} | {metric} | {value['value']:.3f}{err} | {entry['n']} |")
+    return "\n".join(lines)
+
+
+def _lm_eval_results(folder: Path, task_type: str) -> list[EvalResult]:
+    """lm-evaluation-harness's scores (LM_EVAL_RESULTS) as model-index results, one per task and metric."""
+    report = read_lm_eval(folder)
+    if not report:
+        return []
+    return [EvalResult(task_type=task_type, dataset_type=task, dataset_name=task, metric_type=metric,
+                       metric_name=f"{metric} (lm-evaluation-harness {report.get('lm_eval_version', '')})".strip(),
+                       metric_value=value["value"], source_name="lm-evaluation-harness",
+                       source_url="https://github.com/EleutherAI/lm-evaluation-harness")
+            for task, entry in report["tasks"].items() for metric, value in entry["metrics"].items()]
 
 
 def _training_text(summary: dict) -> str:

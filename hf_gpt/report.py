@@ -253,10 +253,16 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
             return f"Skipped: {stage['skipped']}"
         return markdown_table([{k: stage.get(k) for k in keys}])
 
+    lm_eval = markdown_table([{"model": model, "task": task, "metric": metric,
+                               "value": f"{v['value']:.3f}" + (f" ± {v['stderr']:.3f}" if v.get("stderr") is not None
+                                                                 else ""), "examples": entry["n"]}
+                              for model, tasks in metrics.get("lm_eval", {}).items() if model not in ("seed", "seconds")
+                              for task, entry in tasks.items() for metric, v in entry["metrics"].items()])
     text = render_template("pipeline_report.md.j2", trim_blocks=True, data_name=data_name, ran=ran, metrics=metrics,
                            verdicts=verdicts, samples=samples, overall=overall, by_language=by_language,
                            recall=recall, final=final.name, chat=chat_samples(model, tokenizer, questions),
-                           table=markdown_table, stage_table=stage_table)
+                           table=markdown_table, stage_table=stage_table,
+                           lm_eval=lm_eval if metrics.get("lm_eval", {}).keys() - {"seed", "seconds"} else "")
     path = out / "report.md"
     path.write_text(text, encoding="utf-8")
     return path

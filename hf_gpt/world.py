@@ -171,8 +171,10 @@ def preference_rows(n: int, seed: int = 2) -> list[dict]:
     rows = []
     for q, right, wrong in (_qa(rng) for _ in range(n)):
         rejected = rambling(right, rng) if rng.random() < 1 / 3 else wrong
-        rows.append({"prompt": chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS)), "chosen": right,
-                     "rejected": rejected})
+        # TRL's conversational preference format (every turn a message), which `trl dpo|reward` read as they are
+        rows.append({"prompt": chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS)),
+                     "chosen": [{"role": "assistant", "content": right}],
+                     "rejected": [{"role": "assistant", "content": rejected}]})
     return rows
 
 

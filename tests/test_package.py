@@ -41,6 +41,8 @@ def test_wheel_ships_the_presets_and_card_templates(wheel):
     cards = {p.name for p in (ROOT / "model_cards").glob("*.j2")}
     assert presets and {f"hf_gpt/recipe_configs/{n}" for n in presets} <= set(names)
     assert cards and {f"hf_gpt/model_cards/{n}" for n in cards} <= set(names)
+    tasks = {p.name for p in (ROOT / "hf_gpt" / "lm_eval_tasks").iterdir() if p.suffix in (".yaml", ".py")}
+    assert "utils.py" in tasks and {f"hf_gpt/lm_eval_tasks/{n}" for n in tasks} <= set(names)
 
 
 def run_installed(venv: Path, tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -73,3 +75,11 @@ def test_installed_package_runs_a_preset_and_pushes_with_its_card(wheel_venv, tm
         server.shutdown()
     card = hub.repos["me/tiny-gpt"]["main"]["README.md"].decode()
     assert "library_name: transformers" in card and "hf-gpt" in card and "val_bpb" in card
+
+
+def test_installed_package_evaluates_with_its_shipped_tasks(wheel_venv, model_folder, tokenizer, tmp_path):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is in the dev extra (hf-gpt[eval])")
+    folder = model_folder(tmp_path, tokenizer)
+    done = run_installed(wheel_venv, tmp_path, "eval", str(folder), "--tasks", "world_facts_held_out", "--limit", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| world_facts_held_out | acc |" in done.stdout and (folder / "lm_eval_results.json").is_file()

@@ -33,8 +33,8 @@ def test_korean_sums_use_the_right_particle():
 def _training_texts(folder) -> tuple[set[str], str]:
     """Every user question of the SFT, preference and PPO files, and all their text (answers included)."""
     questions, text = set(), ""
-    for name in ("sft", "preferences", "ppo_prompts"):
-        raw = (folder / f"{name}.jsonl").read_text(encoding="utf-8")
+    for name in ("sft", "preferences", "ppo"):
+        raw = (folder / name / "train.jsonl").read_text(encoding="utf-8")
         text += raw
         for row in map(json.loads, raw.splitlines()):
             turns = row.get("messages") or row["prompt"]
@@ -56,7 +56,7 @@ def test_no_held_out_question_or_fact_in_any_training_row(tmp_path):
     seen = [r for r in evaluation if r["split"] == "seen"]
     assert len(seen) == 48 and {r["prompt"] for r in seen} <= questions  # seen = training questions, by definition
     # The held-out facts are in the pretraining text: knowledge can only come from there.
-    pretraining = (tmp_path / "pretrain.jsonl").read_text(encoding="utf-8")
+    pretraining = (tmp_path / "pretrain" / "train.jsonl").read_text(encoding="utf-8")
     assert all(r["answer"] in pretraining for r in held_out)
 
 
