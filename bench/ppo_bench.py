@@ -1,18 +1,21 @@
 """Our PPO vs the last TRL release that had a PPOTrainer (trl==1.12.0, `trl.experimental.ppo`), same models, data,
 batch sizes and steps (a benchmark, not a test).
 
-    python bench/ppo_bench.py [--steps 20 60]
+    python bench/ppo_bench.py [--steps 20 60] [--seeds 0 1 2 3 4]
 
 It builds the policy (SFT), reward and value models on the demo's world at CI scale (reused if present), then runs
   - ours: `hf_gpt.ppo.PPOTrainer` in this interpreter;
   - TRL 1.12: in a separate venv this script creates (`.venv-trl112`, torch from the pinned CPU wheel, transformers
     5.24), given pre-tokenised prompts, as that trainer requires.
-It prints seconds per PPO step and the reward-model score gain (first vs last quarter of steps) with the final KL.
-Target: <= 1.0x TRL 1.12's step time, with equal or better reward gain.
+Each trainer runs once per seed (its sampling, shuffling and initial value head follow the seed). It prints, per
+trainer, seconds per PPO step and the reward-model score gain (first vs last quarter of steps) and the final KL as
+mean ± the 95 % interval of the mean over the seeds (Student's t). Targets: a mean gain at least TRL 1.12's at
+<= 0.7x its step time, with a final KL no more than TRL's mean + its interval.
 """
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -30,9 +33,9 @@ TRL_SCRIPT = textwrap.dedent("""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
-    sft, rm, prompts_file, out, steps, batch, response, epochs, lr, kl, temperature = sys.argv[1:]
-    steps, batch, response, epochs = int(steps), int(batch), int(response), int(epochs)
-    torch.manual_seed(0)
+    sft, rm, prompts_file, out, steps, batch, response, epochs, lr, kl, temperature, seed = sys.argv[1:]
+    steps, batch, response, epochs, seed = int(steps), int(batch), int(response), int(epochs), int(seed)
+    torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(sft, padding_side="left")
     load = dict(trust_remote_code=True)
     policy, ref = AutoModelForCausalLM.from_pretrained(sft, **load), AutoModelForCausalLM.from_pretrained(sft, **load)
@@ -46,7 +49,7 @@ TRL_SCRIPT = textwrap.dedent("""
                      temperature=float(temperature), learning_rate=float(lr), kl_coef=float(kl),
                      missing_eos_penalty=1.0, stop_token="eos", num_sample_generations=0, report_to="none",
                      save_strategy="no", use_cpu=True, bf16=False, logging_steps=1,
-                     local_rollout_forward_batch_size=batch, seed=0)
+                     local_rollout_forward_batch_size=batch, seed=seed)
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=reward,
                          value_model=value, train_dataset=dataset)
     start = time.perf_counter()
@@ -101,7 +104,7 @@ def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
     return rows, prompts_file
 
 
-def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path) -> dict:
+def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed: int = 0) -> dict:
     """hf_gpt's PPOTrainer in this interpreter: seconds, and RM score and KL per step."""
     from datasets import Dataset
 
@@ -110,7 +113,7 @@ def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path) -> di
     config = PPOConfig(output_dir=str(out), model_name_or_path=str(sft), reward_model_path=str(rm),
                        per_device_train_batch_size=BATCH, response_length=RESPONSE, num_ppo_epochs=EPOCHS,
                        learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE, max_steps=steps, save_steps=0,
-                       sample_every=0, logging_steps=1000, report_to="none", seed=0)
+                       sample_every=0, logging_steps=1000, report_to="none", seed=seed)
     tokenizer, policy, ref, reward, value = load_ppo_models(config)
     trainer = PPOTrainer(config, policy, ref, value, tokenizer, Dataset.from_list(rows), reward_model=reward)
     start = time.perf_counter()
@@ -119,12 +122,12 @@ def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path) -> di
             "kl": [h["objective/kl"] for h in history]}
 
 
-def run_trl(python: Path, sft: Path, rm: Path, prompts_file: Path, steps: int, out: Path) -> dict:
+def run_trl(python: Path, sft: Path, rm: Path, prompts_file: Path, steps: int, out: Path, seed: int = 0) -> dict:
     """TRL 1.12's PPOTrainer in its own venv, on the same prompts: seconds, and RM score and KL per step."""
     script = out.parent / "trl112_ppo.py"
     script.write_text(TRL_SCRIPT)
     result = subprocess.run([str(python), str(script), str(sft), str(rm), str(prompts_file), str(out), str(steps),
-                             str(BATCH), str(RESPONSE), str(EPOCHS), str(LR), str(KL), str(TEMPERATURE)],
+                             str(BATCH), str(RESPONSE), str(EPOCHS), str(LR), str(KL), str(TEMPERATURE), str(seed)],
                             capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
@@ -133,26 +136,52 @@ def run_trl(python: Path, sft: Path, rm: Path, prompts_file: Path, steps: int, o
     return json.loads(lines[-1][7:])
 
 
-def table(results: dict[int, dict[str, dict]]) -> str:
-    """{steps: {trainer: run}} as the markdown table README quotes, with the step-time ratios."""
-    lines = ["| steps | trainer | s / PPO step | RM score gain (first → last quarter) | final KL (k1) |",
-             "|---:|---|---:|---:|---:|"]
-    ratios = []
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t, 2-sided
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95 % interval (Student's t over the seeds; None from one seed)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, T_95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+
+
+def _fmt(mean: float, half: float | None, sign: str = "") -> str:
+    return f"{mean:{sign}.3f}" + (f" ± {half:.3f}" if half is not None else "")
+
+
+def table(results: dict[int, dict[str, list[dict]]]) -> str:
+    """{steps: {trainer: [one run per seed]}} as the markdown table README quotes: seconds per step, score gain and
+    final KL (mean ± 95 % interval over the seeds), then the step-time ratio and the targets' verdicts."""
+    lines = ["| steps | trainer | seeds | s / PPO step | RM score gain (first → last quarter) | final KL (k1) |",
+             "|---:|---|---:|---:|---:|---:|"]
+    verdicts = []
     for steps, runs in results.items():
-        for name, run in runs.items():
-            gain, kl = summary(run["scores"], run["kl"])
-            lines.append(f"| {steps} | {name} | {run['seconds'] / steps:.2f} | {gain:+.3f} | {kl:.3f} |")
-        if len(runs) == 2:
-            ours, trl = runs.values()
-            ratios.append(f"{steps} steps {ours['seconds'] / trl['seconds']:.2f}x")
-    if ratios:
-        lines.append(f"\nstep-time ratio (ours / TRL): {', '.join(ratios)} (target <= 1.0x)")
-    return "\n".join(lines)
+        figures = {}
+        for name, seeds in runs.items():
+            gains, kls = zip(*(summary(run["scores"], run["kl"]) for run in seeds))
+            seconds = sum(run["seconds"] for run in seeds) / len(seeds)
+            figures[name] = (seconds, mean_interval(list(gains)), mean_interval(list(kls)))
+            lines.append(f"| {steps} | {name} | {len(seeds)} | {seconds / steps:.2f} | "
+                         f"{_fmt(*figures[name][1], sign='+')} | {_fmt(*figures[name][2])} |")
+        if len(figures) == 2:
+            (ours_s, ours_gain, ours_kl), (trl_s, trl_gain, trl_kl) = figures.values()
+            ratio = ours_s / trl_s
+            kl_bound = trl_kl[0] + (trl_kl[1] or 0.0)
+            verdicts.append(f"{steps} steps: step-time ratio (ours / TRL) {ratio:.2f}x "
+                            f"({'met' if ratio <= 0.7 else 'MISSED'}: <= 0.7x); mean gain {ours_gain[0]:+.3f} vs "
+                            f"{trl_gain[0]:+.3f} ({'met' if ours_gain[0] >= trl_gain[0] else 'MISSED'}: >= TRL's); "
+                            f"final KL {ours_kl[0]:.3f} vs TRL's bound {kl_bound:.3f} "
+                            f"({'met' if ours_kl[0] <= kl_bound else 'MISSED'})")
+    return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
     args = parser.parse_args()
     python = ensure_venv()
@@ -160,10 +189,14 @@ def main() -> None:
     results = {}
     for steps in args.steps:
         rows, prompts_file = write_prompts(steps, args.output_dir)
-        results[steps] = {
-            "hf_gpt `PPOTrainer`": run_ours(sft, rm, rows, steps, args.output_dir / f"ours-{steps}"),
-            "TRL 1.12 `PPOTrainer`": run_trl(python, sft, rm, prompts_file, steps, args.output_dir / f"trl-{steps}")}
-    print(f"\n{BATCH} rollouts per step, {RESPONSE} new tokens, {EPOCHS} PPO epochs, lr {LR}, beta {KL}\n")
+        runs = results[steps] = {"hf_gpt `PPOTrainer`": [], "TRL 1.12 `PPOTrainer`": []}
+        for seed in args.seeds:  # alternating, so that a slower spell of the machine hits both sides
+            out = args.output_dir / f"{steps}-seed{seed}"
+            runs["hf_gpt `PPOTrainer`"].append(run_ours(sft, rm, rows, steps, out / "ours", seed))
+            runs["TRL 1.12 `PPOTrainer`"].append(run_trl(python, sft, rm, prompts_file, steps, out / "trl", seed))
+            print(f"steps {steps}, seed {seed}: done", flush=True)
+    print(f"\n{BATCH} rollouts per step, {RESPONSE} new tokens, {EPOCHS} PPO epochs, lr {LR}, beta {KL}, "
+          f"seeds {' '.join(map(str, args.seeds))}\n")
     print(table(results))
 
 

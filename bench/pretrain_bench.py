@@ -2,6 +2,7 @@
 run here, one after the other (a benchmark, not a test).
 
     python bench/pretrain_bench.py [--reference_steps N] [--max_steps N] [any PretrainConfig flag]
+    python bench/pretrain_bench.py --ablation [--variants NAME ...]   # the preset's settings one by one (see VARIANTS)
 
 nanoGPT's quick start is `python train.py config/train_shakespeare_char.py --device=cpu --compile=False
 --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
@@ -13,6 +14,10 @@ hf-gpt runs its `shakespeare` preset (the same model size and batch, a 512-token
 characters). Both are scored on the held-out last 10 % in nats per character (for the BPE model: bpb × ln 2, the text
 being ASCII). Target: at equal wall time (hf-gpt's last evaluation that ended within the reference's training time,
 its BPE training and data preparation counted), hf-gpt's val loss <= 0.90 × the reference's.
+
+`--ablation` runs the reference once, then each of VARIANTS (the preset with some flags changed: the optimizer,
+the learning-rate schedule, the position encoding, the head), each scored the same way at the reference's wall time;
+target for the best: <= 0.80 × the reference's.
 """
 
 import argparse
@@ -83,12 +88,75 @@ class EvalClock(TrainerCallback):
             self.evals.append((state.global_step, time.perf_counter() - self.start, metrics["eval_bpb"] * math.log(2)))
 
 
+MUON = ["--muon", "true"]
+WSD = ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 600, '
+       '"decay_type": "linear"}']  # the last 30 % of 2000 steps decays linearly to 0 (a trapezoid)
+VARIANTS = {  # name → flags over the `shakespeare` preset (AdamW, lr 2e-3, cosine, learned positions, tied head)
+    "preset": [],
+    "AdamW, warmup-stable-decay": WSD,
+    "Muon 0.02": [*MUON, "--muon_learning_rate", "0.02"],
+    "Muon 0.05": [*MUON, "--muon_learning_rate", "0.05"],
+    "Muon 0.05, warmup-stable-decay": [*MUON, "--muon_learning_rate", "0.05", *WSD],
+    "Muon 0.05, RoPE": [*MUON, "--muon_learning_rate", "0.05", "--position_embedding_type", "rope"],
+    "Muon 0.05, sinusoidal": [*MUON, "--muon_learning_rate", "0.05", "--position_embedding_type", "sinusoidal"],
+    "Muon 0.05, untied head": [*MUON, "--muon_learning_rate", "0.05", "--tie_word_embeddings", "false"],
+}
+
+
+def run_preset(argv: list[str], reference_seconds: float) -> dict:
+    """The `shakespeare` preset with `argv` over it: the whole run, its last evaluation within `reference_seconds`
+    of wall time, and its validation curve."""
+    argv = ["--config", "shakespeare", "--output_dir", "runs/bench-shakespeare", "--overwrite_output_dir", "true",
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *argv]
+    (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain", argv=argv)
+    start = time.perf_counter()
+    clock = EvalClock(start)
+    trainer = pretrain(args, resume_from_checkpoint=None, callbacks=[clock])
+    seconds = time.perf_counter() - start
+    ours = {"steps": trainer.state.global_step, "seconds": seconds, "nats_per_char": clock.evals[-1][2]}
+    in_time = [e for e in clock.evals if e[1] <= reference_seconds]  # evaluations that ended within its time
+    at_equal_time = dict(zip(("steps", "seconds", "nats_per_char"), in_time[-1])) if in_time else None
+    return {"ours": ours, "at_equal_time": at_equal_time, "curve": clock.evals}
+
+
+def ablation(names: list[str], reference_steps: int | None, argv: list[str], reference: dict | None = None) -> dict:
+    """The reference (unless given), then every variant in `names`: one table of val loss at the reference's wall
+    time."""
+    if reference is None:
+        (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain", argv=["--config", "shakespeare", *argv])
+        reference = nanogpt_reference(Path(args.data_files[0]).read_text(encoding="utf-8"), reference_steps or 2000)
+    runs = {name: run_preset([*VARIANTS[name], *argv], reference["seconds"]) for name in names}
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads; reference (nanoGPT's recipe in plain "
+          f"PyTorch): {reference['steps']} steps, {reference['seconds']:.0f} s, {reference['nats_per_char']:.3f} "
+          "nats/char\n")
+    print("| hf-gpt `shakespeare` with | val loss at the reference's wall time (step) | ratio to the reference | "
+          "whole run: steps, s, val loss |")
+    print("|---|---:|---:|---|")
+    for name, run in runs.items():
+        at, whole = run["at_equal_time"], run["ours"]
+        at_text = f"{at['nats_per_char']:.3f} ({at['steps']})" if at else "no evaluation in time"
+        ratio = f"{at['nats_per_char'] / reference['nats_per_char']:.3f}" if at else "—"
+        print(f"| {name} | {at_text} | {ratio} | {whole['steps']}, {whole['seconds']:.0f}, "
+              f"{whole['nats_per_char']:.3f} |")
+    scored = {n: r["at_equal_time"]["nats_per_char"] for n, r in runs.items() if r["at_equal_time"]}
+    if scored:
+        best = min(scored, key=scored.get)
+        ratio = scored[best] / reference["nats_per_char"]
+        print(f"\nbest: {best}, {ratio:.3f}x the reference at equal wall time (target <= 0.80: "
+              f"{'met' if ratio <= 0.8 else 'MISSED'})")
+    return {"reference": reference, "runs": runs}
+
+
 def main(argv: list[str] | None = None, reference_steps: int | None = None) -> dict:
     """Runs the reference, then the preset (flags in `argv` override it); prints the table; returns its figures."""
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the rest go to the preset
     own.add_argument("--reference_steps", type=int, default=reference_steps)
+    own.add_argument("--ablation", action="store_true")
+    own.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     known, argv = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     reference_steps = known.reference_steps
+    if known.ablation:
+        return ablation(known.variants, reference_steps, argv)
     argv = ["--config", "shakespeare", "--output_dir", "runs/bench-shakespeare", "--overwrite_output_dir", "true",
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *argv]
     (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain", argv=argv)

@@ -41,6 +41,7 @@ from .chat import prompt_to_messages, prompts_that_fit
 from .data import load_rows
 from .distributed import own_class
 from .loading import check_vocab, load_model, load_reward_function, load_score_model
+from .muon import muon_optimizer
 from .ppo_core import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -308,8 +309,11 @@ class PPOTrainer:
         """optim, optim_args, betas, ε and weight decay exactly as transformers' Trainer reads them; one scheduler
         step per PPO step (as TRL's PPOTrainer), warm-up included."""
         args = self.args
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        optimizer = optimizer_cls(model.parameters(), **optimizer_kwargs)
+        if args.muon:
+            optimizer = muon_optimizer(model, args)
+        else:
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+            optimizer = optimizer_cls(model.parameters(), **optimizer_kwargs)
         return optimizer, get_scheduler(args.lr_scheduler_type, optimizer,
                                         num_warmup_steps=args.get_warmup_steps(args.max_steps),
                                         num_training_steps=args.max_steps,

@@ -15,6 +15,7 @@ from transformers import set_seed
 
 from .distributed import multi_process_on_cpu
 from .hub import write_summary
+from .muon import MUON_HELP, use_muon
 from .progress import use_readable_progress
 from .run_folder import RunFolder
 from .throughput import PEAK_HELP
@@ -37,10 +38,13 @@ class StageConfig:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs); TRL's default is True."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "All parameters get grads."})
     peak_tflops: float | None = field(default=None, metadata={"help": PEAK_HELP})
+    muon: bool = field(default=False, metadata={"help": MUON_HELP})
+    muon_learning_rate: float = field(default=0.02, metadata={"help": "Muon's learning rate (with --muon true)."})
 
     def __post_init__(self):
         self.use_cpu = self.use_cpu or multi_process_on_cpu()
         check_max_steps(self.max_steps)
+        check_muon(self)
         check_precision_on_this_machine(self)
         import torch
 
@@ -96,6 +100,8 @@ class ModelShapeConfig:
     norm_position: str = field(default="pre", metadata={"help": "pre (GPT-2) or post (original Transformer)."})
     hidden_act: str = field(default="gelu", metadata={"help": "Feed-forward activation: gelu, relu, ..."})
     dropout: float = field(default=0.0, metadata={"help": "Embedding, attention and residual dropout."})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": "The LM head is the token embedding (GPT-2); "
+                                                                      "false: a head of its own."})
 
 
 def new_model_config(args: ModelShapeConfig, tokenizer, **extra):
@@ -109,7 +115,7 @@ def new_model_config(args: ModelShapeConfig, tokenizer, **extra):
         max_position_embeddings=args.max_position_embeddings, position_embedding_type=args.position_embedding_type,
         sinusoidal_base=args.sinusoidal_base, norm_position=args.norm_position, hidden_act=args.hidden_act,
         embedding_dropout=args.dropout, attention_dropout=args.dropout, hidden_dropout=args.dropout,
-        **special_token_ids(tokenizer), **extra)
+        tie_word_embeddings=args.tie_word_embeddings, **special_token_ids(tokenizer), **extra)
 
 
 @dataclass
@@ -169,6 +175,7 @@ class Stage:
         with RunFolder(args, self.title, resume_from_checkpoint, self.state_file) as run:
             set_seed(args.seed)  # before any model is built: its initial weights must not depend on luck
             trainer = self.build(run.checkpoint)
+            use_muon(trainer)
             use_readable_progress(trainer, self.title)
             run.begin()
             run.train(trainer)
@@ -220,6 +227,20 @@ def load_starting_model(args: StartingModelConfig, model_class, what: str, **kwa
         raise ValueError(f"model_name_or_path is required: {what}.")
     return load_model_and_tokenizer(model_class, args.model_name_or_path, "the model", args.trust_remote_code,
                                     **kwargs)
+
+
+def check_muon(args) -> None:
+    """Muon's update needs each whole matrix; FSDP holds a slice of it on each process."""
+    if not args.muon:
+        return
+    from accelerate.utils import parse_flag_from_env
+
+    if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        raise ValueError("--muon true cannot run under FSDP: Muon orthogonalises each whole weight matrix and FSDP "
+                         "gives each process a slice of it. Launch with data parallelism (recipes/accelerate/"
+                         "multi_gpu.yaml or multi_cpu.yaml) or leave --muon out.")
+    if args.muon_learning_rate <= 0:
+        raise ValueError(f"--muon_learning_rate must be > 0, got {args.muon_learning_rate}.")
 
 
 def fit_max_length(args, model) -> int:

@@ -41,11 +41,21 @@ def test_ppo_bench_runs_ours_on_the_demo_models_and_prompts(demo_run, tmp_path):
     trl = bench.run_trl(python, out / "sft", out / "reward", prompts_file, 2, tmp_path / "trl")
     for run in (ours, trl):
         assert len(run["scores"]) == len(run["kl"]) == 2 and run["seconds"] > 0
-    text = bench.table({2: {"ours": ours, "TRL": trl}})
+    text = bench.table({2: {"ours": [ours], "TRL": [trl]}})
     gain = ours["scores"][1] - ours["scores"][0]  # last quarter minus first quarter: one step each
-    assert f"| 2 | ours | {ours['seconds'] / 2:.2f} | {gain:+.3f} | {ours['kl'][-1]:.3f} |" in text
-    printed = float(re.search(r"step-time ratio \(ours / TRL\): 2 steps ([0-9.]+)x", text).group(1))
+    assert f"| 2 | ours | 1 | {ours['seconds'] / 2:.2f} | {gain:+.3f} | {ours['kl'][-1]:.3f} |" in text
+    printed = float(re.search(r"step-time ratio \(ours / TRL\) ([0-9.]+)x", text).group(1))
     assert printed == pytest.approx(ours["seconds"] / trl["seconds"], abs=0.005)  # the table's ratio is measured
+
+
+def test_ppo_bench_intervals_are_students_t_over_the_seeds():
+    bench = load("ppo_bench")
+    mean, half = bench.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
+    runs = [{"seconds": s, "scores": [0.0, g], "kl": [0.0, k]} for s, g, k in ((2, 1.0, 0.1), (4, 3.0, 0.3))]
+    text = bench.table({2: {"ours": runs, "TRL": [{**r, "seconds": 2 * r["seconds"]} for r in runs]}})
+    assert "| 2 | ours | 2 | 1.50 | +2.000 ± 12.706 | 0.200 ± 1.271 |" in text
+    assert "step-time ratio (ours / TRL) 0.50x (met" in text and "mean gain +2.000 vs +2.000 (met" in text
 
 
 def test_pretrain_bench_runs_the_reference_and_the_preset(shared_data, tmp_path, monkeypatch, capsys):
@@ -63,6 +73,25 @@ def test_pretrain_bench_runs_the_reference_and_the_preset(shared_data, tmp_path,
     assert figures["at_equal_time"] is None and "MISSED" in printed
     # 4 steps: both far from trained, and in nats per character: the reference near ln(65 characters) = 4.17
     assert 3.5 < reference["nats_per_char"] < 4.6 and ours["nats_per_char"] > math.log(2)
+
+
+def test_pretrain_ablation_scores_each_variant_against_one_reference(shared_data, tmp_path, monkeypatch, capsys):
+    data = shared_data("tinyshakespeare/input.txt")
+    monkeypatch.chdir(tmp_path)
+    bench = load("pretrain_bench")
+    reference = {"steps": 2000, "seconds": 3600.0, "nats_per_char": 4.0}  # measured in the test above; an hour here
+    figures = bench.ablation(["preset", "Muon 0.05, RoPE"], None, ["--data_files", str(data), "--max_steps", "4",
+                                                                   "--eval_steps", "2"], reference=reference)
+    printed = capsys.readouterr().out
+    assert list(figures["runs"]) == ["preset", "Muon 0.05, RoPE"]
+    reference = reference["nats_per_char"]
+    for name, run in figures["runs"].items():
+        at = run["at_equal_time"]  # 4 steps end within the hour
+        assert at is not None and at["steps"] == 4
+        assert f"| {name} | {at['nats_per_char']:.3f} (4) | {at['nats_per_char'] / reference:.3f} |" in printed
+    assert figures["runs"]["preset"]["ours"]["nats_per_char"] != figures["runs"]["Muon 0.05, RoPE"]["ours"][
+        "nats_per_char"]  # the flags reached the run
+    assert "best: " in printed
 
 
 def test_nanogpt_reference_learns_characters():

@@ -188,6 +188,17 @@ def test_missing_text_column(tmp_path):
     assert load_documents([str(path)], text_column="body")["train"][0]["body"] == "hello"
 
 
+def test_an_untied_head_is_a_matrix_of_its_own(tokenizer, tmp_path):
+    args = PretrainConfig(output_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2, n_embd=32,
+                          tie_word_embeddings=False)
+    untied = build_model(args, tokenizer)
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight and not untied.config.tie_word_embeddings
+    tied = build_model(PretrainConfig(output_dir=str(tmp_path), block_size=32, n_layer=1, n_head=2, n_embd=32),
+                       tokenizer)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert sum(p.numel() for p in untied.parameters()) == sum(p.numel() for p in tied.parameters()) + 32 * 600
+
+
 def test_block_size_and_vocab_checks(tokenizer, tmp_path, tiny_config):
     with pytest.raises(ValueError, match="block_size=128 is larger than max_position_embeddings=64"):
         PretrainConfig(output_dir=str(tmp_path), block_size=128, max_position_embeddings=64)
