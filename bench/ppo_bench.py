@@ -125,6 +125,7 @@ def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed:
 def run_trl(python: Path, sft: Path, rm: Path, prompts_file: Path, steps: int, out: Path, seed: int = 0) -> dict:
     """TRL 1.12's PPOTrainer in its own venv, on the same prompts: seconds, and RM score and KL per step."""
     script = out.parent / "trl112_ppo.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(TRL_SCRIPT)
     result = subprocess.run([str(python), str(script), str(sft), str(rm), str(prompts_file), str(out), str(steps),
                              str(BATCH), str(RESPONSE), str(EPOCHS), str(LR), str(KL), str(TEMPERATURE), str(seed)],
