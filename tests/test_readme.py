@@ -29,6 +29,11 @@ NOT_RUN = {
     "bench/gpu_bench.py": "needs a CUDA GPU (tests/test_benches.py runs it tiny on the CPU in bench/gpu_check.sh)",
     "make demo DATA=": "downloads its three data sets from the Hub (no network here)",
     "make demo-transformers": "the demo itself (tests/test_encoders_training.py runs its pipeline)",
+    "runs/korean/base": "reads the Korean demo's model (make demo DATA=korean); tests/test_eval_harness.py runs "
+                        "both tasks on a tiny model",
+    "hellaswag": "downloads its data from the Hub (no network here; tests/test_eval_harness.py checks the line)",
+    "llama-cli": "llama.cpp's own program (bench/gguf_check.sh runs the file with llama.cpp's library)",
+    "llama-server": "llama.cpp's own program (bench/gguf_check.sh runs the file with llama.cpp's library)",
 }
 BATCH = ["--per_device_train_batch_size", "2"]  # a preset's first steps at its full batch cost 3-8 s more each
 MICRO = {  # stage → the overrides that shrink a run
@@ -42,6 +47,7 @@ MICRO = {  # stage → the overrides that shrink a run
     "dpo": ["--max_steps", "1", "--max_rows", "8", *BATCH],
     "mlm": ["--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", *BATCH],
     "classify": ["--max_steps", "2", *BATCH], "translate": ["--max_steps", "2", *BATCH],
+    "trl": ["--max_steps", "2"],  # TRL's own command line
 }
 
 
@@ -51,6 +57,7 @@ def readme_commands() -> list[str]:
     for readme in ("README.md", "README.ko.md"):
         text = (ROOT / readme).read_text(encoding="utf-8")
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            block = re.sub(r"\\\n\s*", "", block)  # a command continued with \ is one command
             for line in block.splitlines():
                 line = re.sub(r"\s+#.*$", "", line).strip()
                 if line and not line.startswith("#") and line not in commands:
@@ -92,6 +99,8 @@ def shell(command: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
 
 
 def stage_of(command: str) -> str | None:
+    if command.startswith("trl "):
+        return "trl"
     match = re.search(r"recipes/(\w+)\.py", command)
     return match.group(1) if match else None
 
