@@ -115,17 +115,21 @@ def read_lm_eval(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def lm_eval_rows(tasks: dict) -> list[dict]:
+    """One row per task and metric of `hf-gpt eval`'s results: value ± standard error, examples."""
+    return [{"task": task, "metric": metric,
+             "value": f"{v['value']:.3f}" + (f" ± {v['stderr']:.3f}" if v.get("stderr") is not None else ""),
+             "examples": entry["n"]} for task, entry in tasks.items() for metric, v in entry["metrics"].items()]
+
+
 def lm_eval_table(folder: Path) -> str:
-    """`hf-gpt eval`'s results in markdown: a row per task and metric, value ± standard error, examples."""
+    """`hf-gpt eval`'s results in the folder, as markdown."""
     report = read_lm_eval(folder)
     if not report:
         return ""
-    lines = ["| task | metric | value | examples |", "|---|---|---|---|"]
-    for task, entry in report["tasks"].items():
-        for metric, value in entry["metrics"].items():
-            err = f" ± {value['stderr']:.3f}" if value.get("stderr") is not None else ""
-            lines.append(f"| {task} | {metric} | {value['value']:.3f}{err} | {entry['n']} |")
-    return "\n".join(lines)
+    rows = lm_eval_rows(report["tasks"])
+    return "\n".join(["| task | metric | value | examples |", "|---|---|---|---|",
+                      *(f"| {r['task']} | {r['metric']} | {r['value']} | {r['examples']} |" for r in rows)])
 
 
 def _lm_eval_results(folder: Path, task_type: str) -> list[EvalResult]:

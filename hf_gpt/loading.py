@@ -163,7 +163,7 @@ def _load_adapter(model_class, path: str, what: str, trust_remote_code: bool, **
     base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path} is a LoRA adapter that names no base model (adapter_config.json): load it with "
-                         "PeftModel.from_pretrained(base_model, path).")
+                         "PEFT, naming the base model yourself.")
     try:
         model = load_model(model_class, base, f"the base model of the adapter {path}", trust_remote_code, **kwargs)
     except FileNotFoundError as err:

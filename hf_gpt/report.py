@@ -7,7 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .generation import complete
-from .hub import render_template
+from .hub import lm_eval_rows, render_template
 from .modeling_hf_gpt import sinusoidal_position_encoding
 from .run_folder import write_json
 
@@ -253,16 +253,14 @@ def write_report(out: Path, data_name: str, metrics: dict[str, dict],
             return f"Skipped: {stage['skipped']}"
         return markdown_table([{k: stage.get(k) for k in keys}])
 
-    lm_eval = markdown_table([{"model": model, "task": task, "metric": metric,
-                               "value": f"{v['value']:.3f}" + (f" ± {v['stderr']:.3f}" if v.get("stderr") is not None
-                                                                 else ""), "examples": entry["n"]}
-                              for model, tasks in metrics.get("lm_eval", {}).items() if model not in ("seed", "seconds")
-                              for task, entry in tasks.items() for metric, v in entry["metrics"].items()])
+    evaluated = {model: tasks for model, tasks in metrics.get("lm_eval", {}).items() if isinstance(tasks, dict)}
+    lm_eval = markdown_table([{"model": model, **row} for model, tasks in evaluated.items()
+                              for row in lm_eval_rows(tasks)])
     text = render_template("pipeline_report.md.j2", trim_blocks=True, data_name=data_name, ran=ran, metrics=metrics,
                            verdicts=verdicts, samples=samples, overall=overall, by_language=by_language,
                            recall=recall, final=final.name, chat=chat_samples(model, tokenizer, questions),
                            table=markdown_table, stage_table=stage_table,
-                           lm_eval=lm_eval if metrics.get("lm_eval", {}).keys() - {"seed", "seconds"} else "")
+                           lm_eval=lm_eval)
     path = out / "report.md"
     path.write_text(text, encoding="utf-8")
     return path

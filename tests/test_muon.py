@@ -82,7 +82,7 @@ def test_a_stage_with_muon_resumes_to_the_same_weights(stage, inputs, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(weights(full).values(), weights(adam).values()))
     checkpoint = sorted(full.glob("checkpoint-*"))[0]
     optimizer = next(checkpoint.glob("optimizer.*"))  # Trainer's optimizer.pt, Accelerate's optimizer.bin (PPO)
-    groups = torch.load(optimizer, weights_only=False)["param_groups"]
+    groups = torch.load(optimizer, weights_only=True)["param_groups"]
     assert sorted(g["use_muon"] for g in groups) == [False, False, True]
     assert {g["lr"] for g in groups if g["use_muon"]} != {g["lr"] for g in groups if not g["use_muon"]}
 
