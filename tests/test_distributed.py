@@ -78,6 +78,16 @@ def assert_same_losses(mine: dict, reference: dict, steps=None, tolerance: float
         assert mine[step] == pytest.approx(reference[step], abs=tolerance), (step, mine, reference)
 
 
+def as_if_killed_after_checkpoint_3(out: Path) -> None:
+    """The folder a 6-step run killed after its step-3 checkpoint leaves: no checkpoint-6, no final files."""
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-6")
+    for path in out.iterdir():
+        if path.is_file() and path.name not in ("run.json", ".hf-gpt.lock"):
+            path.unlink()
+
+
 def assert_sharded(stdout: str) -> None:
     """Every rank reported the FSDP type and holds about half of the parameters (uneven rows differ by one)."""
     # Two processes print at once: their lines may run together, so read them as matches, not as lines.
@@ -172,13 +182,7 @@ def test_fsdp_pretraining_shards_matches_one_process_and_resumes(inputs, one_pro
     assert_same_losses(train_losses(out, "checkpoint-6"), reference)
     assert not (out / "checkpoint-3" / "model.safetensors").exists()  # the checkpoints really are sharded
     assert_loads_as_remote_code(out, one_process_pretraining)
-    # As if killed after checkpoint-3: the same command resumes from the sharded checkpoint.
-    import shutil
-
-    shutil.rmtree(out / "checkpoint-6")
-    for path in out.iterdir():
-        if path.is_file() and path.name not in ("run.json", ".hf-gpt.lock"):
-            path.unlink()
+    as_if_killed_after_checkpoint_3(out)  # the same command resumes from the sharded checkpoint
     fsdp(str(REPO / "recipes" / "pretrain.py"), pretrain_args(inputs, out, batch=4), "SHARDED_STATE_DICT")
     assert_same_losses(train_losses(out, "checkpoint-6"), reference, steps=[4, 5, 6])
     assert json.loads((out / "training_summary.json").read_text())["steps"] == 6
@@ -281,3 +285,30 @@ def test_dpo_in_two_processes_repeats_one(inputs):
     assert_same_losses(train_losses(inputs["root"] / "dpo-2", "checkpoint-4"), train_losses(out, "checkpoint-4"))
     final = load_file(inputs["root"] / "dpo-2" / "model.safetensors")
     assert final.keys() == load_file(out / "model.safetensors").keys()
+
+
+# ------------------------------------------------------------------ Muon in two processes
+
+
+def test_muon_in_two_processes_repeats_one_and_resumes(inputs):
+    """--muon true under `accelerate launch` (two data-parallel processes of 4 rows): DDP averages the gradients before
+    Muon orthogonalises them, so the losses are one process's with 8 rows; a rerun after checkpoint-6 is deleted
+    resumes from checkpoint-3 (both optimizers' states) to the same losses."""
+    muon = ["--muon", "true", "--muon_learning_rate", "0.02"]
+    one, two = inputs["root"] / "muon-1", inputs["root"] / "muon-2"
+    run_recipe("pretrain", [*pretrain_args(inputs, one, batch=8), *muon])
+    reference = train_losses(one, "checkpoint-6")
+    assert reference[6] < reference[1]
+
+    def run_two() -> None:
+        result = launch("multi_cpu", str(REPO / "recipes" / "pretrain.py"),
+                        [*pretrain_args(inputs, two, batch=4), *muon], extra=("--main_process_port", "0"))
+        assert result.returncode == 0, ranks_said(result.stderr)
+
+    run_two()
+    assert_same_losses(train_losses(two, "checkpoint-6"), reference, tolerance=1e-4)
+    groups = torch.load(two / "checkpoint-3" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert sorted(g["use_muon"] for g in groups) == [False, False, True]  # Muon really ran under the launcher
+    as_if_killed_after_checkpoint_3(two)
+    run_two()
+    assert_same_losses(train_losses(two, "checkpoint-6"), reference, steps=[4, 5, 6], tolerance=1e-4)
