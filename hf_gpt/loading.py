@@ -158,9 +158,8 @@ def _without_load_report():
 
 
 def _load_adapter(model_class, path: str, what: str, trust_remote_code: bool, **kwargs):
-    from peft import PeftModel
-
-    base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    settings = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = settings.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path} is a LoRA adapter that names no base model (adapter_config.json): load it with "
                          "PEFT, naming the base model yourself.")
@@ -172,12 +171,25 @@ def _load_adapter(model_class, path: str, what: str, trust_remote_code: bool, **
     output_info = isinstance(model, tuple)
     model, info = model if output_info else (model, None)
     try:
-        # An adapter folder holds a config and weights only: PEFT runs no code from it (the base was loaded above,
-        # under the caller's trust_remote_code).
-        merged = PeftModel.from_pretrained(model, path).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, SafetensorError, KeyError) as err:
+        merged = _merge_adapter(model, Path(path), settings)
+    except (OSError, ValueError, RuntimeError, SafetensorError, KeyError, TypeError) as err:
         raise ValueError(f"Cannot load {what} from the adapter {path}: {_one_line(err)}") from None
     return (merged, info) if output_info else merged
+
+
+def _merge_adapter(model, folder: Path, settings: dict):
+    """The adapter's JSON settings and safetensors weights put on the base model (loaded above, under the caller's
+    trust_remote_code) and merged into it: nothing from the adapter folder runs or is unpickled, and a weight the
+    model has no place for is an error, not a warning."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    settings = {k: v for k, v in settings.items() if k != "runtime_config"}
+    model = get_peft_model(model, PeftConfig.from_peft_type(**settings))
+    unexpected = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors")).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the adapter has weights the model has no place for ({', '.join(sorted(unexpected)[:3])})")
+    return model.merge_and_unload()
 
 
 def load_model_and_tokenizer(model_class, path: str, what: str = "the model", trust_remote_code: bool = False,

@@ -175,6 +175,17 @@ def test_lora_saves_reloads_merges(tokenizer, tmp_path, saved_model):
                                    atol=1e-4, rtol=1e-4)
     expected = generate_text(str(out / "merged"), "Say 3", temperature=0, max_new_tokens=4)
     assert generate_text(str(out), "Say 3", temperature=0, max_new_tokens=4) == expected
+    # An adapter with a weight the model has no place for is refused, not half-applied with a warning.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    odd = Path(shutil.copytree(out, tmp_path / "odd", ignore=shutil.ignore_patterns("merged", "checkpoint-*")))
+    weights = load_file(odd / "adapter_model.safetensors")
+    save_file({**weights, "base_model.model.nowhere.lora_A.weight": torch.zeros(4, 4)},
+              odd / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="no place for .*nowhere"):
+        load_model(AutoModelForCausalLM, odd)
 
 
 @pytest.mark.parametrize("relative", ["sft_self_instruct_human/self_instruct_human.jsonl",
