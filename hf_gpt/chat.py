@@ -89,6 +89,12 @@ def prompt_to_messages(prompt, system_prompt: str | None = None, where: str = "p
     return with_system_prompt(normalize_messages(prompt, where), system_prompt)
 
 
+def measuring_lengths(tokenizer) -> None:
+    """Mark transformers' "sequence length is longer than the specified maximum" warning as given: a caller that
+    measures lengths handles long rows itself (drops, shortens or counts them), so the warning would be noise."""
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def prompt_length(tokenizer, messages: list[dict]) -> int:
     """Tokens of a conversation rendered up to the assistant's turn (what generation starts from)."""
     return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
@@ -100,6 +106,7 @@ def prompts_that_fit(prompts: Iterable, tokenizer, context: int, room: int, syst
     one too long is an error too, or with `drop` left out and counted. PPO (room = response_length) and GRPO/RLOO
     (room = max_completion_length) share it."""
     keep, total = [], 0
+    measuring_lengths(tokenizer)
     for i, prompt in enumerate(prompts):
         total += 1
         try:

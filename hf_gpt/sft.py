@@ -19,9 +19,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from .chat import defuse, normalize_messages, with_system_prompt
+from .chat import defuse, measuring_lengths, normalize_messages, prompt_length, with_system_prompt
 from .data import convert_rows, load_rows
-from .generation import complete
+from .generation import complete, fit_conversation
 from .stage import (
     ChatConfig,
     LoraConfigFields,
@@ -110,16 +110,35 @@ def check_columns(columns: list[str]) -> None:
 
 def prepare_sft_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
                         system_prompt: str | None = None) -> tuple[Dataset, Counter]:
-    """Convert to conversations, skip bad rows and rows with no response token inside max_length; count both."""
+    """Convert to conversations, skip bad rows and rows with no response token inside max_length, shorten
+    conversations that outgrow it by their oldest turns; count all three."""
     check_columns(dataset.column_names)
+    measuring_lengths(tokenizer)
 
     def fits(example: dict) -> tuple[str, str | None] | None:
-        prompt_length, full_length = _lengths(example, tokenizer)
-        if prompt_length >= max_length:
-            return "dropped: prompt fills the context", f"prompt of {prompt_length} tokens >= max_length {max_length}"
-        return ("truncated (response cut at max_length)", None) if full_length > max_length else None
+        dropped = 0
+        if "messages" in example:
+            example["messages"], dropped = latest_turns_that_fit(example["messages"], tokenizer, max_length)
+        prompt_tokens, full_length = _lengths(example, tokenizer)
+        if prompt_tokens >= max_length:
+            return "dropped: prompt fills the context", f"prompt of {prompt_tokens} tokens >= max_length {max_length}"
+        if full_length > max_length:
+            return "truncated (response cut at max_length)", None
+        return ("shortened (oldest turns dropped to fit max_length)", None) if dropped else None
 
     return convert_rows(dataset, lambda row: to_conversation(row, system_prompt), fits, "SFT")
+
+
+def latest_turns_that_fit(messages: list[dict], tokenizer: PreTrainedTokenizerBase, max_length: int
+                          ) -> tuple[list[dict], int]:
+    """A conversation longer than max_length without its oldest turns (the system prompt stays), as `hf-gpt chat`
+    sends a long one, so that its last reply is learnt whole rather than cut off; and how many turns went."""
+    full = len(_ids(tokenizer.apply_chat_template(messages)))
+    if full <= max_length or messages[-1]["role"] != "assistant":
+        return messages, 0
+    reply = full - prompt_length(tokenizer, messages[:-1])
+    kept, dropped = fit_conversation(tokenizer, messages[:-1], max_length, reply)
+    return [*kept, messages[-1]], dropped
 
 
 def _lengths(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 from pathlib import Path
@@ -65,6 +66,27 @@ def test_bad_rows_are_counted_and_skipped(tokenizer):
     assert report["dropped: prompt fills the context"] == 1 and report["truncated (response cut at max_length)"] == 1
     with pytest.raises(ValueError, match="columns \\['question'\\]; expected one of the layouts"):
         prepare_sft_dataset(Dataset.from_list([{"question": "q"}]), tokenizer, max_length=40)
+
+
+def test_a_conversation_longer_than_max_length_loses_its_oldest_turns_not_its_last_reply(tokenizer, caplog):
+    exchange = lambda i: [{"role": "user", "content": f"Question number {i} is here?"},
+                          {"role": "assistant", "content": f"Answer number {i} is this one."}]
+    system = [{"role": "system", "content": "Be brief."}]
+    long = system + exchange(1) + exchange(2) + exchange(3) + exchange(4)
+    last = system + exchange(4)
+    length = lambda messages: len(tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"])
+    max_length = length(system + exchange(3) + exchange(4))  # room for the last two exchanges, not three
+    assert length(long) > max_length
+    rows = [{"messages": long}, {"messages": last}, {"messages": exchange(5)[:1] + [{"role": "assistant",
+                                                                                       "content": "y " * 80}]}]
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.model_max_length = max_length  # as the demo's: transformers warns about any longer encoding
+    dataset, report = prepare_sft_dataset(Dataset.from_list(rows), tokenizer, max_length=max_length)
+    assert dataset[0]["messages"] == system + exchange(3) + exchange(4)  # the system prompt stays, the reply whole
+    assert dataset[1]["messages"] == last  # one that fits is left alone
+    assert report["shortened (oldest turns dropped to fit max_length)"] == 1
+    assert report["truncated (response cut at max_length)"] == 1 and report["kept"] == 3  # one reply alone too long
+    assert "Token indices sequence length" not in caplog.text  # long rows are counted, not warned about
 
 
 def test_prompt_completion_labels_mask_the_prompt(saved_model, tokenizer, tmp_path):
