@@ -1,19 +1,23 @@
 """Our PPO vs the last TRL release that had a PPOTrainer (trl==1.12.0, `trl.experimental.ppo`), same models, data,
 batch sizes and steps (a benchmark, not a test).
 
-    python bench/ppo_bench.py [--steps 20 60] [--seeds 0 1 2 3 4]
+    python bench/ppo_bench.py [--steps 20 60] [--seeds 0 1 2 3 4] [--lr-scheduler constant linear]
 
 It builds the policy (SFT), reward and value models on the demo's world at CI scale (reused if present), then runs
   - ours: `hf_gpt.ppo.PPOTrainer` in this interpreter;
   - TRL 1.12: in a separate venv this script creates (`.venv-trl112`, torch from the pinned CPU wheel, transformers
     5.24), given pre-tokenised prompts, as that trainer requires.
-Each trainer runs once per seed (its sampling, shuffling and initial value head follow the seed). It prints, per
-trainer, seconds per PPO step and the reward-model score gain (first vs last quarter of steps) and the final KL as
-mean ± the 95 % interval of the mean over the seeds (Student's t). Targets: a mean gain at least TRL 1.12's at
-<= 0.7x its step time, with a final KL no more than TRL's mean + its interval.
+Our learning rate is constant by default (hf_gpt's PPOConfig); TRL 1.12's decays linearly to zero over the run (its
+TrainingArguments default); `--lr-scheduler linear` gives ours TRL's schedule, and several schedules run ours once
+each beside one TRL run. Each trainer runs once per seed (its sampling, shuffling and initial value head follow the
+seed). It prints, per trainer, seconds per PPO step and the
+reward-model score gain (first vs last quarter of steps) and the final KL as mean ± the 95 % interval of the mean over
+the seeds (Student's t). Targets: a mean gain at least TRL 1.12's at <= 0.7x its step time, with a final KL no more
+than TRL's mean + its interval.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -80,9 +84,7 @@ def ensure_venv() -> Path:
 def models(out: Path) -> tuple[Path, Path]:
     from hf_gpt.demo import SCALES, Pipeline
 
-    scale = SCALES["tiny"]
-    scale.ppo_steps = 1
-    Pipeline(out, "world", scale, fresh=False).run()
+    Pipeline(out, "world", dataclasses.replace(SCALES["tiny"], ppo_steps=1), fresh=False).run()
     return out / "sft", out / "reward"
 
 
@@ -92,19 +94,20 @@ def summary(scores: list[float], kl: list[float]) -> tuple[float, float]:
 
 
 def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
-    """The demo's PPO prompts (seen subjects, system prompt varied or absent), and the same as chat messages in a
-    JSONL file for the TRL run."""
+    """The demo's PPO prompts (seen subjects, system prompt varied or absent; single questions, as in the recorded
+    runs, so that none is too long for TRL's run), and the same as chat messages in a JSONL file for the TRL run."""
     from hf_gpt import world
     from hf_gpt.chat import prompt_to_messages
 
-    rows = world.ppo_prompts(BATCH * steps)
+    rows = world.ppo_prompts(BATCH * steps, multi_turn_share=0.0)
     out.mkdir(parents=True, exist_ok=True)
     prompts_file = out / f"bench_prompts_{steps}.jsonl"
     prompts_file.write_text("".join(json.dumps(prompt_to_messages(r["prompt"])) + "\n" for r in rows))
     return rows, prompts_file
 
 
-def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed: int = 0) -> dict:
+def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed: int = 0,
+             lr_scheduler: str = "constant") -> dict:
     """hf_gpt's PPOTrainer in this interpreter: seconds, and RM score and KL per step."""
     from datasets import Dataset
 
@@ -112,8 +115,8 @@ def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed:
 
     config = PPOConfig(output_dir=str(out), model_name_or_path=str(sft), reward_model_path=str(rm),
                        per_device_train_batch_size=BATCH, response_length=RESPONSE, num_ppo_epochs=EPOCHS,
-                       learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE, max_steps=steps, save_steps=0,
-                       sample_every=0, logging_steps=1000, report_to="none", seed=seed)
+                       learning_rate=LR, lr_scheduler_type=lr_scheduler, kl_coef=KL, temperature=TEMPERATURE,
+                       max_steps=steps, save_steps=0, sample_every=0, logging_steps=1000, report_to="none", seed=seed)
     tokenizer, policy, ref, reward, value = load_ppo_models(config)
     trainer = PPOTrainer(config, policy, ref, value, tokenizer, Dataset.from_list(rows), reward_model=reward)
     start = time.perf_counter()
@@ -167,11 +170,13 @@ def table(results: dict[int, dict[str, list[dict]]]) -> str:
             figures[name] = (seconds, mean_interval(list(gains)), mean_interval(list(kls)))
             lines.append(f"| {steps} | {name} | {len(seeds)} | {seconds / steps:.2f} | "
                          f"{_fmt(*figures[name][1], sign='+')} | {_fmt(*figures[name][2])} |")
-        if len(figures) == 2:
-            (ours_s, ours_gain, ours_kl), (trl_s, trl_gain, trl_kl) = figures.values()
+        if TRL not in figures:
+            continue
+        trl_s, trl_gain, trl_kl = figures.pop(TRL)
+        kl_bound = trl_kl[0] + (trl_kl[1] or 0.0)
+        for name, (ours_s, ours_gain, ours_kl) in figures.items():
             ratio = ours_s / trl_s
-            kl_bound = trl_kl[0] + (trl_kl[1] or 0.0)
-            verdicts.append(f"{steps} steps: step-time ratio (ours / TRL) {ratio:.2f}x "
+            verdicts.append(f"{steps} steps, {name}: step-time ratio (ours / TRL) {ratio:.2f}x "
                             f"({'met' if ratio <= 0.7 else 'MISSED'}: <= 0.7x); mean gain {ours_gain[0]:+.3f} vs "
                             f"{trl_gain[0]:+.3f} ({'met' if ours_gain[0] >= trl_gain[0] else 'MISSED'}: >= TRL's); "
                             f"final KL {ours_kl[0]:.3f} vs TRL's bound {kl_bound:.3f} "
@@ -179,25 +184,35 @@ def table(results: dict[int, dict[str, list[dict]]]) -> str:
     return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
+TRL = "TRL 1.12 `PPOTrainer` (linear lr)"
+
+
+def ours(schedule: str) -> str:
+    return f"hf_gpt `PPOTrainer` ({schedule} lr)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
+    parser.add_argument("--lr-scheduler", nargs="+", default=["constant"],
+                        help="our learning-rate schedule(s), each run beside TRL's (linear)")
     args = parser.parse_args()
     python = ensure_venv()
     sft, rm = models(args.output_dir)
     results = {}
     for steps in args.steps:
         rows, prompts_file = write_prompts(steps, args.output_dir)
-        runs = results[steps] = {"hf_gpt `PPOTrainer`": [], "TRL 1.12 `PPOTrainer`": []}
+        runs = results[steps] = {**{ours(s): [] for s in args.lr_scheduler}, TRL: []}
         for seed in args.seeds:  # alternating, so that a slower spell of the machine hits both sides
             out = args.output_dir / f"{steps}-seed{seed}"
-            runs["hf_gpt `PPOTrainer`"].append(run_ours(sft, rm, rows, steps, out / "ours", seed))
-            runs["TRL 1.12 `PPOTrainer`"].append(run_trl(python, sft, rm, prompts_file, steps, out / "trl", seed))
+            for schedule in args.lr_scheduler:
+                runs[ours(schedule)].append(run_ours(sft, rm, rows, steps, out / f"ours-{schedule}", seed, schedule))
+            runs[TRL].append(run_trl(python, sft, rm, prompts_file, steps, out / "trl", seed))
             print(f"steps {steps}, seed {seed}: done", flush=True)
     print(f"\n{BATCH} rollouts per step, {RESPONSE} new tokens, {EPOCHS} PPO epochs, lr {LR}, beta {KL}, "
-          f"seeds {' '.join(map(str, args.seeds))}\n")
+          f"seeds {' '.join(map(str, args.seeds))}; TRL's lr schedule is linear\n")
     print(table(results))
 
 

@@ -29,7 +29,7 @@ def test_ppo_bench_runs_ours_on_the_demo_models_and_prompts(demo_run, tmp_path):
     rows, prompts_file = bench.write_prompts(2, tmp_path)
     messages = [json.loads(line) for line in prompts_file.read_text().splitlines()]
     assert len(rows) == len(messages) == 2 * bench.BATCH
-    training = {json.dumps(r["prompt"]) for r in world.ppo_prompts(2 * bench.BATCH)}
+    training = {json.dumps(r["prompt"]) for r in world.ppo_prompts(2 * bench.BATCH, multi_turn_share=0.0)}
     assert {json.dumps(m) for m in messages} <= training  # the demo's own PPO prompts, as chat messages
     held_out = {q["prompt"] for q in world.questions("held_out")}
     assert not any(m[-1]["content"] in held_out for m in messages)
@@ -41,7 +41,7 @@ def test_ppo_bench_runs_ours_on_the_demo_models_and_prompts(demo_run, tmp_path):
     trl = bench.run_trl(python, out / "sft", out / "reward", prompts_file, 2, tmp_path / "trl")
     for run in (ours, trl):
         assert len(run["scores"]) == len(run["kl"]) == 2 and run["seconds"] > 0
-    text = bench.table({2: {"ours": [ours], "TRL": [trl]}})
+    text = bench.table({2: {"ours": [ours], bench.TRL: [trl]}})
     gain = ours["scores"][1] - ours["scores"][0]  # last quarter minus first quarter: one step each
     assert f"| 2 | ours | 1 | {ours['seconds'] / 2:.2f} | {gain:+.3f} | {ours['kl'][-1]:.3f} |" in text
     printed = float(re.search(r"step-time ratio \(ours / TRL\) ([0-9.]+)x", text).group(1))
@@ -53,9 +53,12 @@ def test_ppo_bench_intervals_are_students_t_over_the_seeds():
     mean, half = bench.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0 and half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5))
     runs = [{"seconds": s, "scores": [0.0, g], "kl": [0.0, k]} for s, g, k in ((2, 1.0, 0.1), (4, 3.0, 0.3))]
-    text = bench.table({2: {"ours": runs, "TRL": [{**r, "seconds": 2 * r["seconds"]} for r in runs]}})
+    slower = [{**r, "seconds": 2 * r["seconds"]} for r in runs]
+    text = bench.table({2: {"ours": runs, "ours, slower": slower, bench.TRL: slower}})
     assert "| 2 | ours | 2 | 1.50 | +2.000 ± 12.706 | 0.200 ± 1.271 |" in text
-    assert "step-time ratio (ours / TRL) 0.50x (met" in text and "mean gain +2.000 vs +2.000 (met" in text
+    assert "2 steps, ours: step-time ratio (ours / TRL) 0.50x (met" in text
+    assert "mean gain +2.000 vs +2.000 (met" in text
+    assert "2 steps, ours, slower: step-time ratio (ours / TRL) 1.00x (MISSED" in text  # each of ours against TRL
 
 
 def test_pretrain_bench_runs_the_reference_and_the_preset(shared_data, tmp_path, monkeypatch, capsys):
