@@ -94,12 +94,12 @@ def summary(scores: list[float], kl: list[float]) -> tuple[float, float]:
 
 
 def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
-    """The demo's PPO prompts (seen subjects, system prompt varied or absent; single questions, as in the recorded
-    runs, so that none is too long for TRL's run), and the same as chat messages in a JSONL file for the TRL run."""
+    """The demo's PPO prompts (seen subjects, system prompt varied or absent), and the same as chat messages in a
+    JSONL file for the TRL run."""
     from hf_gpt import world
     from hf_gpt.chat import prompt_to_messages
 
-    rows = world.ppo_prompts(BATCH * steps, multi_turn_share=0.0)
+    rows = world.ppo_prompts(BATCH * steps)
     out.mkdir(parents=True, exist_ok=True)
     prompts_file = out / f"bench_prompts_{steps}.jsonl"
     prompts_file.write_text("".join(json.dumps(prompt_to_messages(r["prompt"])) + "\n" for r in rows))

@@ -420,9 +420,9 @@ class Pipeline:
                             ).get("beats_baseline", True) and scale.ppo_needs_reward_model:
             self.skip("ppo", "the reward model does not beat chance, so PPO would maximise noise")
         else:  # PPO reads its own prompts (world) or the prompts of the preference data (real data).
-            prompts = data.get("ppo", data["preferences"])  # those longer than the context are left out
+            prompts = data.get("ppo", data["preferences"])
             self.stage("ppo", lambda folder: ppo_stage(folder, out / "sft", out / "reward", prompts, scale, seed, evals,
-                                                       drop_long_prompts=True))
+                                                       drop_long_prompts=not world_mode))
         if self.lm_eval:
             self.stage("lm_eval", lambda folder: lm_eval_stage(out, self.lm_eval))
         questions = PRESETS[self.data_name].questions if self.data_name in PRESETS else ()

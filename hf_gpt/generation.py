@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, TextStreamer
 
-from .chat import CHAT_COMMANDS, defuse
+from .chat import CHAT_COMMANDS, defuse, measuring_lengths
 
 
 def sampling_config(model: PreTrainedModel, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -107,6 +107,7 @@ def fit_conversation(tokenizer, messages: list[dict], context: int, room: int) -
     reply in the model's context; and how many turns were dropped. The last message always stays."""
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system):]
+    measuring_lengths(tokenizer)
     length = lambda m: len(tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
     dropped = 0
     while len(turns) > 1 and length(system + turns) + room > context:

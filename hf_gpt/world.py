@@ -40,13 +40,9 @@ TRAINING_SYSTEM_PROMPTS = (None, None, SYSTEM_PROMPT, LECTURE_SYSTEM_PROMPT, "�
 EVAL_SYSTEM_PROMPTS = (None, LECTURE_SYSTEM_PROMPT, "Be brief and correct.")  # the last one never trained on
 RAMBLING_DEMONSTRATIONS = 0.6  # share of SFT demonstrations that add a second, unasked-for fact
 # A conversation in `hf-gpt chat` keeps as many earlier exchanges as the context holds (3–4 at 128 tokens), so half
-# of the demonstrations and PPO prompts come after some: trained on single questions (and on 1–2 earlier exchanges
-# in 3 of 10), the demo's model got the right fact first in 0.64 of 96 questions asked in one conversation against
-# 0.83 asked alone; with these shares, 0.78 against 0.85.
+# of the demonstrations come after some (SFT drops the oldest of those that outgrow the context, as the chat does).
 MULTI_TURN_DEMONSTRATIONS = 0.5  # share of SFT demonstrations that follow earlier exchanges
 MAX_EARLIER_EXCHANGES = 4  # at most this many exchanges before the last question
-MULTI_TURN_PPO_PROMPTS = 0.5  # share of PPO prompts that follow earlier exchanges (those too long are dropped)
-MAX_EARLIER_PPO_EXCHANGES = 3
 
 _SINO_KOREAN_DIGITS = "영일이삼사오육칠팔구"
 
@@ -194,17 +190,10 @@ def preference_rows(n: int, seed: int = 2) -> list[dict]:
     return rows
 
 
-def ppo_prompts(n: int, seed: int = 4, multi_turn_share: float = MULTI_TURN_PPO_PROMPTS,
-                most_earlier: int = MAX_EARLIER_PPO_EXCHANGES) -> list[dict]:
-    """PPO's prompts (states): questions on seen subjects, system prompt varied or absent; in `multi_turn_share` of
-    them after earlier exchanges (answered in one sentence, as raters prefer)."""
-    rng, earlier = random.Random(seed), random.Random(seed + 1)
-    rows = []
-    for _ in range(n):
-        *system, question = chat_prompt(_qa(rng)[0], rng.choice(TRAINING_SYSTEM_PROMPTS))
-        history = earlier_exchanges(earlier, multi_turn_share, 0.0, most_earlier)
-        rows.append({"prompt": [*system, *history, question]})
-    return rows
+def ppo_prompts(n: int, seed: int = 4) -> list[dict]:
+    """PPO's prompts (states): questions on seen subjects, system prompt varied or absent."""
+    rng = random.Random(seed)
+    return [{"prompt": chat_prompt(_qa(rng)[0], rng.choice(TRAINING_SYSTEM_PROMPTS))} for _ in range(n)]
 
 
 def questions(split: str) -> list[dict]:

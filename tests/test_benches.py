@@ -29,7 +29,7 @@ def test_ppo_bench_runs_ours_on_the_demo_models_and_prompts(demo_run, tmp_path):
     rows, prompts_file = bench.write_prompts(2, tmp_path)
     messages = [json.loads(line) for line in prompts_file.read_text().splitlines()]
     assert len(rows) == len(messages) == 2 * bench.BATCH
-    training = {json.dumps(r["prompt"]) for r in world.ppo_prompts(2 * bench.BATCH, multi_turn_share=0.0)}
+    training = {json.dumps(r["prompt"]) for r in world.ppo_prompts(2 * bench.BATCH)}
     assert {json.dumps(m) for m in messages} <= training  # the demo's own PPO prompts, as chat messages
     held_out = {q["prompt"] for q in world.questions("held_out")}
     assert not any(m[-1]["content"] in held_out for m in messages)

@@ -144,18 +144,20 @@ def test_complete_leaves_the_callers_random_numbers_alone(saved_model):
     assert greedy == alone  # left padding does not change a row's answer
 
 
-def test_a_long_conversation_keeps_its_system_prompt_and_newest_turns(saved_model):
+def test_a_long_conversation_keeps_its_system_prompt_and_newest_turns(saved_model, caplog):
     from hf_gpt.generation import fit_conversation
 
-    tokenizer = AutoTokenizer.from_pretrained(saved_model)
+    tokenizer, measure = AutoTokenizer.from_pretrained(saved_model), AutoTokenizer.from_pretrained(saved_model)
+    tokenizer.model_max_length = 32  # shorter than the conversation: measuring it is not a reason to warn
     system = [{"role": "system", "content": "Be brief."}]
     turns = [{"role": role, "content": f"{role} turn {i} " * 3} for i in range(6) for role in ("user", "assistant")]
-    length = lambda m: len(tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
+    length = lambda m: len(measure.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
     asked = [*system, *turns, {"role": "user", "content": "last question"}]
     kept, dropped = fit_conversation(tokenizer, asked, context=length(asked) - 1 + 16, room=16)
     assert kept[0] == system[0] and kept[-1] == asked[-1] and kept[1]["role"] == "user"  # whole exchanges go
     assert kept == [*system, *asked[1 + dropped:]] and dropped == 2 and length(kept) + 16 <= length(asked) + 15
     assert fit_conversation(tokenizer, asked, context=10_000, room=16) == (asked, 0)
+    assert "Token indices sequence length" not in caplog.text
 
 
 def test_chat_holds_a_conversation_past_the_context_with_commands(saved_model, monkeypatch, capsys):
