@@ -15,9 +15,10 @@ characters). Both are scored on the held-out last 10 % in nats per character (fo
 being ASCII). Target: at equal wall time (hf-gpt's last evaluation that ended within the reference's training time,
 its BPE training and data preparation counted), hf-gpt's val loss <= 0.90 × the reference's.
 
-`--ablation` runs the reference once, then each of VARIANTS (the preset with some flags changed: the optimizer,
-the learning-rate schedule, the position encoding, the head), each scored the same way at the reference's wall time;
-target for the best: <= 0.80 × the reference's.
+`--ablation` runs the reference once, then each of VARIANTS (the preset as it is, and the preset's size with
+nanoGPT's own choices changed one or two at a time: the optimizer, the learning-rate schedule and its length, the
+position encoding, the head), each scored the same way at the reference's wall time; target for the best: <= 0.80 ×
+the reference's.
 """
 
 import argparse
@@ -91,15 +92,28 @@ class EvalClock(TrainerCallback):
 MUON = ["--muon", "true"]
 WSD = ["--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs", '{"num_decay_steps": 600, '
        '"decay_type": "linear"}']  # the last 30 % of 2000 steps decays linearly to 0 (a trapezoid)
-VARIANTS = {  # name → flags over the `shakespeare` preset (AdamW, lr 2e-3, cosine, learned positions, tied head)
+ROPE = ["--position_embedding_type", "rope"]
+# Every variant but "preset" starts from nanoGPT's own choices at the preset's size (AdamW lr 2e-3, cosine, learned
+# positions, tied head, 2000 steps), so that a name means the same whatever the preset has become.
+NANOGPT_CHOICES = ["--muon", "false", "--position_embedding_type", "learned", "--max_steps", "2000"]
+VARIANTS = {  # name → flags over NANOGPT_CHOICES ("preset": the `shakespeare` preset as it is)
     "preset": [],
+    "AdamW": [],
     "AdamW, warmup-stable-decay": WSD,
+    "AdamW, RoPE": ROPE,
     "Muon 0.02": [*MUON, "--muon_learning_rate", "0.02"],
     "Muon 0.05": [*MUON, "--muon_learning_rate", "0.05"],
     "Muon 0.05, warmup-stable-decay": [*MUON, "--muon_learning_rate", "0.05", *WSD],
-    "Muon 0.05, RoPE": [*MUON, "--muon_learning_rate", "0.05", "--position_embedding_type", "rope"],
+    "Muon 0.05, RoPE": [*MUON, "--muon_learning_rate", "0.05", *ROPE],
     "Muon 0.05, sinusoidal": [*MUON, "--muon_learning_rate", "0.05", "--position_embedding_type", "sinusoidal"],
     "Muon 0.05, untied head": [*MUON, "--muon_learning_rate", "0.05", "--tie_word_embeddings", "false"],
+    # The schedule sized to end within the reference's time (as the reference's own does), not cut off mid-decay:
+    "AdamW, 1500 steps": ["--max_steps", "1500"],
+    "AdamW, RoPE, 1500 steps": [*ROPE, "--max_steps", "1500"],
+    "Muon 0.05, 1250 steps": [*MUON, "--muon_learning_rate", "0.05", "--max_steps", "1250"],
+    "Muon 0.08, 1250 steps": [*MUON, "--muon_learning_rate", "0.08", "--max_steps", "1250"],
+    "Muon 0.05, RoPE, 1250 steps": [*MUON, "--muon_learning_rate", "0.05", *ROPE, "--max_steps", "1250"],
+    "Muon 0.05, RoPE, 1000 steps": [*MUON, "--muon_learning_rate", "0.05", *ROPE, "--max_steps", "1000"],
 }
 
 
@@ -125,7 +139,8 @@ def ablation(names: list[str], reference_steps: int | None, argv: list[str], ref
     if reference is None:
         (args,) = parse_recipe_args((PretrainConfig,), stage="pretrain", argv=["--config", "shakespeare", *argv])
         reference = nanogpt_reference(Path(args.data_files[0]).read_text(encoding="utf-8"), reference_steps or 2000)
-    runs = {name: run_preset([*VARIANTS[name], *argv], reference["seconds"]) for name in names}
+    runs = {name: run_preset([*(NANOGPT_CHOICES if name != "preset" else []), *VARIANTS[name], *argv],
+                             reference["seconds"]) for name in names}
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads; reference (nanoGPT's recipe in plain "
           f"PyTorch): {reference['steps']} steps, {reference['seconds']:.0f} s, {reference['nats_per_char']:.3f} "
           "nats/char\n")

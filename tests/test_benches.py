@@ -83,17 +83,17 @@ def test_pretrain_ablation_scores_each_variant_against_one_reference(shared_data
     monkeypatch.chdir(tmp_path)
     bench = load("pretrain_bench")
     reference = {"steps": 2000, "seconds": 3600.0, "nats_per_char": 4.0}  # measured in the test above; an hour here
-    figures = bench.ablation(["preset", "Muon 0.05, RoPE"], None, ["--data_files", str(data), "--max_steps", "4",
-                                                                   "--eval_steps", "2"], reference=reference)
+    figures = bench.ablation(["preset", "AdamW"], None, ["--data_files", str(data), "--max_steps", "4", "--eval_steps",
+                                                         "2"], reference=reference)
     printed = capsys.readouterr().out
-    assert list(figures["runs"]) == ["preset", "Muon 0.05, RoPE"]
+    assert list(figures["runs"]) == ["preset", "AdamW"]
     reference = reference["nats_per_char"]
     for name, run in figures["runs"].items():
         at = run["at_equal_time"]  # 4 steps end within the hour
         assert at is not None and at["steps"] == 4
         assert f"| {name} | {at['nats_per_char']:.3f} (4) | {at['nats_per_char'] / reference:.3f} |" in printed
-    assert figures["runs"]["preset"]["ours"]["nats_per_char"] != figures["runs"]["Muon 0.05, RoPE"]["ours"][
-        "nats_per_char"]  # the flags reached the run
+    # nanoGPT's choices reached the variant (the preset has Muon and RoPE):
+    assert figures["runs"]["preset"]["ours"]["nats_per_char"] != figures["runs"]["AdamW"]["ours"]["nats_per_char"]
     assert "best: " in printed
 
 
