@@ -39,7 +39,8 @@ def test_each_stage_moves_the_right_way(run):
     assert m["ppo"]["score_last"] > m["ppo"]["score_first"] + 0.5
     assert m["ppo"]["kl_max"] < 2.0
     for split in ("seen", "held_out"):
-        assert after_ppo[split]["one_sentence"] > after_sft[split]["one_sentence"] + 0.15, split
+        assert after_ppo[split]["one_sentence"] >= max(0.95, after_sft[split]["one_sentence"]), split
+    assert sum(after_ppo[s]["one_sentence"] - after_sft[s]["one_sentence"] for s in ("seen", "held_out")) > 0.1
     assert after_ppo["seen"]["exact"] > after_sft["seen"]["exact"] - 0.1
 
 
