@@ -254,12 +254,20 @@ def test_sft_and_reward_use_the_same_owner(tmp_path, one_line, tokenizer, model_
     assert "holds a model that this run did not start" in line
 
 
+def as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 @pytest.mark.slow
 def test_sigint_stops_with_one_line_and_the_rerun_resumes(tmp_path, text):
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "hf_gpt.cli", "pretrain", *pretrain_argv(text, out, "--max_steps", "400",
                                                                                  "--save_steps", "5")]
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # As from a terminal, where Ctrl-C reaches a process whose SIGINT is at its default: a suite started in the
+    # background (`make test &`, nohup) runs with SIGINT ignored, which every child inherits.
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=as_from_a_terminal)
     deadline = time.time() + 240
     while not list(out.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
         time.sleep(0.2)
