@@ -117,7 +117,7 @@ def prepare_sft_dataset(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
 
     def fits(example: dict) -> tuple[str, str | None] | None:
         dropped = 0
-        if "messages" in example:
+        if "messages" in example:  # shortened in place, so that the row kept is the one measured below
             example["messages"], dropped = latest_turns_that_fit(example["messages"], tokenizer, max_length)
         prompt_tokens, full_length = _lengths(example, tokenizer)
         if prompt_tokens >= max_length:

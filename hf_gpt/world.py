@@ -147,19 +147,6 @@ def pretraining_documents(n: int, seed: int = 0) -> list[str]:
     return [" ".join(_qa(rng, "all")[1] for _ in range(rng.randint(3, 8))) for _ in range(n)]
 
 
-def earlier_exchanges(rng: random.Random, share: float, rambling_share: float = RAMBLING_DEMONSTRATIONS,
-                      most: int = MAX_EARLIER_EXCHANGES) -> list[dict]:
-    """In `share` of the calls, 1 to `most` exchanges on seen subjects (answered right, rambling as often as the
-    demonstrations) to put before a question; else none."""
-    history = []
-    if rng.random() < share:
-        for _ in range(rng.randint(1, most)):
-            before, answer, _ = _qa(rng)
-            answer = rambling(answer, rng) if rng.random() < rambling_share else answer
-            history += [{"role": "user", "content": before}, {"role": "assistant", "content": answer}]
-    return history
-
-
 def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATIONS,
              multi_turn_share: float = MULTI_TURN_DEMONSTRATIONS, most_earlier: int = MAX_EARLIER_EXCHANGES
              ) -> list[dict]:
@@ -171,7 +158,12 @@ def sft_rows(n: int, seed: int = 1, rambling_share: float = RAMBLING_DEMONSTRATI
     for q, right, _ in (_qa(rng) for _ in range(n)):
         reply = rambling(right, rng) if rng.random() < rambling_share else right
         *system, question = chat_prompt(q, rng.choice(TRAINING_SYSTEM_PROMPTS))
-        history = earlier_exchanges(earlier, multi_turn_share, rambling_share, most_earlier)
+        history = []
+        if earlier.random() < multi_turn_share:
+            for _ in range(earlier.randint(1, most_earlier)):
+                before, answer, _ = _qa(earlier)  # demonstrated like the last one: rambling as often
+                answer = rambling(answer, earlier) if earlier.random() < rambling_share else answer
+                history += [{"role": "user", "content": before}, {"role": "assistant", "content": answer}]
         rows.append({"messages": [*system, *history, question, {"role": "assistant", "content": reply}]})
     return rows
 
