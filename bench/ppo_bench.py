@@ -1,19 +1,20 @@
 """Our PPO vs the last TRL release that had a PPOTrainer (trl==1.12.0, `trl.experimental.ppo`), same models, data,
 batch sizes and steps (a benchmark, not a test).
 
-    python bench/ppo_bench.py [--steps 20 60] [--seeds 0 1 2 3 4] [--lr-scheduler constant linear]
+    python bench/ppo_bench.py [--steps 20 60] [--seeds 0 1 2 3 4] [--ours default max_grad_norm=0,adam_epsilon=1e-8]
 
 It builds the policy (SFT), reward and value models on the demo's world at CI scale (reused if present), then runs
   - ours: `hf_gpt.ppo.PPOTrainer` in this interpreter;
   - TRL 1.12: in a separate venv this script creates (`.venv-trl112`, torch from the pinned CPU wheel, transformers
     5.24), given pre-tokenised prompts, as that trainer requires.
 Our learning rate is constant by default (hf_gpt's PPOConfig); TRL 1.12's decays linearly to zero over the run (its
-TrainingArguments default); `--lr-scheduler linear` gives ours TRL's schedule, and several schedules run ours once
-each beside one TRL run. Each trainer runs once per seed (its sampling, shuffling and initial value head follow the
-seed). It prints, per trainer, seconds per PPO step and the
-reward-model score gain (first vs last quarter of steps) and the final KL as mean ± the 95 % interval of the mean over
-the seeds (Student's t). Targets: a mean gain at least TRL 1.12's at <= 0.7x its step time, with a final KL no more
-than TRL's mean + its interval.
+TrainingArguments default). `--ours` runs ours once per variant beside one TRL run: a variant is `default` or
+PPOConfig fields set away from the bench's settings, `field=value[,field=value]` (`lr_scheduler_type=linear` gives
+ours TRL's schedule; `--lr-scheduler S ...` is short for `--ours lr_scheduler_type=S ...`). Each trainer runs once per
+seed (its sampling, shuffling and initial value head follow the seed). It prints, per trainer, seconds per PPO step
+and the reward-model score gain (first vs last quarter of steps) and the final KL as mean ± the 95 % interval of the
+mean over the seeds (Student's t). Targets: a mean gain at least TRL 1.12's at <= 0.7x its step time, with a final
+KL no more than TRL's mean + its interval.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,17 +108,53 @@ def write_prompts(steps: int, out: Path) -> tuple[list[dict], Path]:
     return rows, prompts_file
 
 
-def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed: int = 0,
-             lr_scheduler: str = "constant") -> dict:
+def parse_variant(spec: str) -> dict:
+    """`default` -> {}; `field=value[,field=value]` -> PPOConfig overrides, each value read as its field's type
+    (ValueError naming the field when there is no such field or the value does not fit it)."""
+    from hf_gpt.ppo import PPOConfig
+
+    if spec == "default":
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
+    overrides = {}
+    for pair in spec.split(","):
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--ours {spec!r}: {pair!r} is not field=value with a PPOConfig field")
+        kinds = {k for k in typing.get_args(fields[name].type) or (fields[name].type,) if k is not type(None)}
+        try:
+            if text == "none" and type(None) in typing.get_args(fields[name].type):
+                overrides[name] = None
+            elif kinds == {bool}:
+                overrides[name] = {"true": True, "false": False}[text.lower()]
+            elif kinds in ({int}, {float}):
+                overrides[name] = next(iter(kinds))(text)
+            else:
+                overrides[name] = text
+        except (KeyError, ValueError):
+            raise ValueError(f"--ours {spec!r}: {name} must be {' or '.join(k.__name__ for k in kinds)}, "
+                             f"got {text!r}") from None
+    return overrides
+
+
+def ppo_config(sft: Path, rm: Path, steps: int, out: Path, seed: int = 0, **overrides):
+    """The bench's PPOConfig: the settings both sides share (BATCH, RESPONSE, ...), then the variant's overrides."""
+    from hf_gpt.ppo import PPOConfig
+
+    settings = dict(output_dir=str(out), model_name_or_path=str(sft), reward_model_path=str(rm),
+                    per_device_train_batch_size=BATCH, response_length=RESPONSE, num_ppo_epochs=EPOCHS,
+                    learning_rate=LR, kl_coef=KL, temperature=TEMPERATURE, max_steps=steps, save_steps=0,
+                    sample_every=0, logging_steps=1000, report_to="none", seed=seed)
+    return PPOConfig(**{**settings, **overrides})
+
+
+def run_ours(sft: Path, rm: Path, rows: list[dict], steps: int, out: Path, seed: int = 0, **overrides) -> dict:
     """hf_gpt's PPOTrainer in this interpreter: seconds, and RM score and KL per step."""
     from datasets import Dataset
 
-    from hf_gpt.ppo import PPOConfig, PPOTrainer, load_ppo_models
+    from hf_gpt.ppo import PPOTrainer, load_ppo_models
 
-    config = PPOConfig(output_dir=str(out), model_name_or_path=str(sft), reward_model_path=str(rm),
-                       per_device_train_batch_size=BATCH, response_length=RESPONSE, num_ppo_epochs=EPOCHS,
-                       learning_rate=LR, lr_scheduler_type=lr_scheduler, kl_coef=KL, temperature=TEMPERATURE,
-                       max_steps=steps, save_steps=0, sample_every=0, logging_steps=1000, report_to="none", seed=seed)
+    config = ppo_config(sft, rm, steps, out, seed, **overrides)
     tokenizer, policy, ref, reward, value = load_ppo_models(config)
     trainer = PPOTrainer(config, policy, ref, value, tokenizer, Dataset.from_list(rows), reward_model=reward)
     start = time.perf_counter()
@@ -187,8 +225,8 @@ def table(results: dict[int, dict[str, list[dict]]]) -> str:
 TRL = "TRL 1.12 `PPOTrainer` (linear lr)"
 
 
-def ours(schedule: str) -> str:
-    return f"hf_gpt `PPOTrainer` ({schedule} lr)"
+def ours(variant: str) -> str:
+    return f"hf_gpt `PPOTrainer` ({variant})"
 
 
 def main() -> None:
@@ -196,23 +234,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench-ppo")
-    parser.add_argument("--lr-scheduler", nargs="+", default=["constant"],
-                        help="our learning-rate schedule(s), each run beside TRL's (linear)")
+    parser.add_argument("--ours", nargs="+", default=[], metavar="VARIANT",
+                        help="ours once per variant: default, or field=value[,field=value] (PPOConfig fields)")
+    parser.add_argument("--lr-scheduler", nargs="+", default=[], metavar="SCHEDULE",
+                        help="short for --ours lr_scheduler_type=SCHEDULE (ours is constant by default, TRL linear)")
     args = parser.parse_args()
+    specs = args.ours + [f"lr_scheduler_type={s}" for s in args.lr_scheduler] or ["default"]
+    try:
+        variants = {spec: parse_variant(spec) for spec in specs}
+        for overrides in variants.values():  # refused now, not after the models are built
+            ppo_config(Path("sft"), Path("rm"), 1, args.output_dir, **overrides)
+    except ValueError as error:
+        parser.error(str(error))
     python = ensure_venv()
     sft, rm = models(args.output_dir)
     results = {}
     for steps in args.steps:
         rows, prompts_file = write_prompts(steps, args.output_dir)
-        runs = results[steps] = {**{ours(s): [] for s in args.lr_scheduler}, TRL: []}
+        runs = results[steps] = {**{ours(spec): [] for spec in variants}, TRL: []}
         for seed in args.seeds:  # alternating, so that a slower spell of the machine hits both sides
             out = args.output_dir / f"{steps}-seed{seed}"
-            for schedule in args.lr_scheduler:
-                runs[ours(schedule)].append(run_ours(sft, rm, rows, steps, out / f"ours-{schedule}", seed, schedule))
+            for i, (spec, overrides) in enumerate(variants.items()):
+                runs[ours(spec)].append(run_ours(sft, rm, rows, steps, out / f"ours-{i}", seed, **overrides))
             runs[TRL].append(run_trl(python, sft, rm, prompts_file, steps, out / "trl", seed))
             print(f"steps {steps}, seed {seed}: done", flush=True)
     print(f"\n{BATCH} rollouts per step, {RESPONSE} new tokens, {EPOCHS} PPO epochs, lr {LR}, beta {KL}, "
-          f"seeds {' '.join(map(str, args.seeds))}; TRL's lr schedule is linear\n")
+          f"seeds {' '.join(map(str, args.seeds))}; ours: constant lr, gradients clipped at norm 1, Adam eps 1e-5 "
+          f"unless a variant says otherwise; TRL 1.12: linear lr, no clipping, Adam eps 1e-8\n")
     print(table(results))
 
 

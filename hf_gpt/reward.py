@@ -19,8 +19,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from .baselines import against_chance
-from .chat import defuse, normalize_messages, prompt_to_messages
+from .chat import defuse, measuring_lengths, normalize_messages, prompt_length, prompt_to_messages
 from .data import convert_rows, load_rows
+from .generation import fit_conversation
 from .run_folder import write_json
 from .stage import ChatConfig, Stage, fit_max_length, hold_out, load_starting_model
 from .throughput import with_throughput
@@ -76,14 +77,21 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
         raise ValueError(f"The preference data has columns {dataset.column_names}; missing {missing}. "
                          "Expected {prompt, chosen, rejected}.")
 
-    def too_long(pair: dict) -> tuple[str, str] | None:
-        longest = max(len(render_for_reward(tokenizer, pair["prompt"], pair[k][0]["content"]))
-                      for k in ("chosen", "rejected"))
+    measuring_lengths(tokenizer)
+
+    def fits(pair: dict) -> tuple[str, str | None] | None:
+        # As SFT and the chat do: a dialogue too long loses its oldest turns (shortened in place), so that the pair
+        # is ranked on its last exchange rather than dropped.
+        prompt = prompt_length(tokenizer, pair["prompt"])
+        reply = max(len(render_for_reward(tokenizer, pair["prompt"], pair[k][0]["content"])) - prompt
+                    for k in ("chosen", "rejected"))
+        pair["prompt"], dropped = fit_conversation(tokenizer, pair["prompt"], max_length, reply)
+        longest = prompt_length(tokenizer, pair["prompt"]) + reply
         if longest > max_length:
             return "dropped: longer than the context", f"{longest} tokens > max_length {max_length}"
-        return None
+        return ("shortened (oldest turns dropped to fit max_length)", None) if dropped else None
 
-    return convert_rows(dataset, lambda row: to_preference(row, system_prompt), too_long, "Preference")
+    return convert_rows(dataset, lambda row: to_preference(row, system_prompt), fits, "Preference")
 
 
 class RewardModelling(Stage):

@@ -61,6 +61,21 @@ def test_ppo_bench_intervals_are_students_t_over_the_seeds():
     assert "2 steps, ours, slower: step-time ratio (ours / TRL) 1.00x (MISSED" in text  # each of ours against TRL
 
 
+def test_ppo_bench_variants_are_ppo_config_fields_read_as_their_types():
+    bench = load("ppo_bench")
+    assert bench.parse_variant("default") == {}
+    assert bench.parse_variant("max_grad_norm=0,adam_epsilon=1e-8,whiten_rewards=true,num_ppo_epochs=4") == {
+        "max_grad_norm": 0.0, "adam_epsilon": 1e-8, "whiten_rewards": True, "num_ppo_epochs": 4}
+    assert bench.parse_variant("missing_eos_penalty=none") == {"missing_eos_penalty": None}
+    linear = bench.parse_variant("lr_scheduler_type=linear")
+    config = bench.ppo_config(Path("sft"), Path("rm"), 3, Path("out"), **linear)
+    assert (config.lr_scheduler_type, config.per_device_train_batch_size, config.max_steps) == ("linear", 16, 3)
+    for spec, message in (("cliprange", "not field=value"), ("no_such_field=1", "not field=value"),
+                          ("whiten_rewards=yes", "must be bool"), ("num_ppo_epochs=1.5", "must be int")):
+        with pytest.raises(ValueError, match=message):
+            bench.parse_variant(spec)
+
+
 def test_pretrain_bench_runs_the_reference_and_the_preset(shared_data, tmp_path, monkeypatch, capsys):
     data = shared_data("tinyshakespeare/input.txt")
     monkeypatch.chdir(tmp_path)

@@ -49,6 +49,21 @@ def test_bad_pairs_are_counted(tokenizer):
         prepare_preferences(Dataset.from_list([{"prompt": "q", "chosen": "a"}]), tokenizer, max_length=64)
 
 
+def test_a_dialogue_longer_than_the_context_loses_its_oldest_turns_not_the_pair(tokenizer):
+    old = "\n\nHuman: " + "tell me more " * 30 + "\n\nAssistant: " + "well " * 30
+    prompt = old + "\n\nHuman: Is it late?\n\nAssistant:"
+    rows = [{"prompt": prompt, "chosen": "Yes, it is late.", "rejected": "No."},
+            {"prompt": "\n\nHuman: " + "long " * 100 + "\n\nAssistant:", "chosen": "a", "rejected": "b"}]
+    assert len(render_for_reward(tokenizer, text_to_messages(prompt), "Yes, it is late.")) > 64
+    pairs, report = prepare_preferences(Dataset.from_list(rows), tokenizer, max_length=64, system_prompt="Be kind.")
+    assert report == {"kept": 1, "shortened (oldest turns dropped to fit max_length)": 1,
+                      "dropped: longer than the context": 1}  # one question too long alone is still dropped
+    pair = pairs[0]
+    assert pair["prompt"] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Is it late?"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Yes, it is late."}]
+    assert len(render_for_reward(tokenizer, pair["prompt"], pair["chosen"][0]["content"])) <= 64
+
+
 def parity_pairs(numbers: list[int]) -> list[dict]:
     rows = []
     for n in numbers:
