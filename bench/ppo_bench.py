@@ -190,6 +190,28 @@ def mean_interval(values: list[float]) -> tuple[float, float | None]:
     return mean, T_95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
 
 
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, float | None]:
+    """mean(a) − mean(b) and the half-width of its 95 % interval (Welch: unequal variances, Welch–Satterthwaite
+    degrees of freedom rounded down); None with fewer than two seeds on a side."""
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if min(len(a), len(b)) < 2:
+        return diff, None
+    var = lambda x: sum((v - sum(x) / len(x)) ** 2 for v in x) / (len(x) - 1) / len(x)  # of the mean
+    va, vb = var(a), var(b)
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, T_95.get(max(int(df), 1), 1.96) * math.sqrt(va + vb)
+
+
+def _differs(ours_values: list[float], trl_values: list[float]) -> str:
+    diff, half = difference_interval(ours_values, trl_values)
+    if half is None:
+        return f"{diff:+.3f}"
+    noise = "beyond the seeds' noise" if abs(diff) > half else "within the seeds' noise"
+    return f"{diff:+.3f} ± {half:.3f}, {noise}"
+
+
 def _fmt(mean: float, half: float | None, sign: str = "") -> str:
     return f"{mean:{sign}.3f}" + (f" ± {half:.3f}" if half is not None else "")
 
@@ -205,20 +227,21 @@ def table(results: dict[int, dict[str, list[dict]]]) -> str:
         for name, seeds in runs.items():
             gains, kls = zip(*(summary(run["scores"], run["kl"]) for run in seeds))
             seconds = sum(run["seconds"] for run in seeds) / len(seeds)
-            figures[name] = (seconds, mean_interval(list(gains)), mean_interval(list(kls)))
+            figures[name] = (seconds, list(gains), list(kls))
             lines.append(f"| {steps} | {name} | {len(seeds)} | {seconds / steps:.2f} | "
-                         f"{_fmt(*figures[name][1], sign='+')} | {_fmt(*figures[name][2])} |")
+                         f"{_fmt(*mean_interval(list(gains)), sign='+')} | {_fmt(*mean_interval(list(kls)))} |")
         if TRL not in figures:
             continue
-        trl_s, trl_gain, trl_kl = figures.pop(TRL)
+        trl_s, trl_gains, trl_kls = figures.pop(TRL)
+        trl_gain, trl_kl = mean_interval(trl_gains)[0], mean_interval(trl_kls)
         kl_bound = trl_kl[0] + (trl_kl[1] or 0.0)
-        for name, (ours_s, ours_gain, ours_kl) in figures.items():
-            ratio = ours_s / trl_s
+        for name, (ours_s, gains, kls) in figures.items():
+            ratio, gain, kl = ours_s / trl_s, mean_interval(gains)[0], mean_interval(kls)[0]
             verdicts.append(f"{steps} steps, {name}: step-time ratio (ours / TRL) {ratio:.2f}x "
-                            f"({'met' if ratio <= 0.7 else 'MISSED'}: <= 0.7x); mean gain {ours_gain[0]:+.3f} vs "
-                            f"{trl_gain[0]:+.3f} ({'met' if ours_gain[0] >= trl_gain[0] else 'MISSED'}: >= TRL's); "
-                            f"final KL {ours_kl[0]:.3f} vs TRL's bound {kl_bound:.3f} "
-                            f"({'met' if ours_kl[0] <= kl_bound else 'MISSED'})")
+                            f"({'met' if ratio <= 0.7 else 'MISSED'}: <= 0.7x); mean gain {gain:+.3f} vs "
+                            f"{trl_gain:+.3f} ({'met' if gain >= trl_gain else 'MISSED'}: >= TRL's; difference "
+                            f"{_differs(gains, trl_gains)}); final KL {kl:.3f} vs TRL's bound {kl_bound:.3f} "
+                            f"({'met' if kl <= kl_bound else 'MISSED'}; difference {_differs(kls, trl_kls)})")
     return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
@@ -262,6 +285,7 @@ def main() -> None:
           f"seeds {' '.join(map(str, args.seeds))}; ours: constant lr, gradients clipped at norm 1, Adam eps 1e-5 "
           f"unless a variant says otherwise; TRL 1.12: linear lr, no clipping, Adam eps 1e-8\n")
     print(table(results))
+    (args.output_dir / "results.json").write_text(json.dumps(results))  # every seed's run, for later comparisons
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - Pretraining: bits per byte of a unigram and a bigram model counted on the same training tokens and scored on the
   same validation targets as the GPT (a GPT that does not beat a bigram table has learnt nothing a table could not).
 - SFT: held-out response loss of the same fine-tuning from random weights (does pretraining help?).
-- Reward model: pairwise accuracy against chance, 0.5, with its standard error.
+- Reward model: pairwise accuracy against chance, 0.5, with its standard error; beside it, a length rule (always
+  prefer the shorter, or the longer, reply), the cue a weak reward model learns first.
 - PPO: the change of the reward-model score against its own noise (the spread of per-step batch means).
 
 A stage "beats" its baseline only when the difference is larger than about two standard errors.
@@ -46,6 +47,15 @@ def against_chance(accuracy: float, n: int) -> dict:
     chance_bound = 0.5 + Z95 * math.sqrt(0.25 / n)
     return {"accuracy": accuracy, "n": n, "standard_error": math.sqrt(accuracy * (1 - accuracy) / n),
             "chance_bound": chance_bound, "beats_baseline": accuracy > chance_bound}
+
+
+def length_rule(train: list[tuple[str, str]], held_out: list[tuple[str, str]]) -> dict:
+    """The shallowest ranker: always prefer the shorter (or the longer) of two replies, whichever picks the chosen
+    one more often in the training (chosen, rejected) pairs; its accuracy on the held-out pairs (a tie counts ½)."""
+    shorter_wins = sum(len(c) < len(r) for c, r in train) >= sum(len(c) > len(r) for c, r in train)
+    right = sum(0.5 if len(c) == len(r) else float((len(c) < len(r)) == shorter_wins) for c, r in held_out)
+    return {"length_rule_prefers": "shorter" if shorter_wins else "longer",
+            "length_rule_accuracy": right / max(len(held_out), 1)}
 
 
 def change_against_noise(first: list[float], last: list[float]) -> dict:

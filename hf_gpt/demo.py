@@ -320,7 +320,7 @@ def reward_stage(folder: Path, sft_folder: Path, data: dict, scale: Scale, seed:
     metrics = summary["metrics"]
     return {"steps": summary["steps"], "epochs": round(metrics["epochs"], 2),
             **{k: metrics[k] for k in ("pairwise_accuracy", "eval_pairs", "standard_error", "chance_bound",
-                                       "beats_baseline")}}
+                                       "beats_baseline", "length_rule_prefers", "length_rule_accuracy")}}
 
 
 def ppo_stage(folder: Path, sft_folder: Path, reward_folder: Path, prompts: dict, scale: Scale, seed: int = 0,

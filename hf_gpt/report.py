@@ -158,9 +158,12 @@ def baseline_rows(metrics: dict[str, dict]) -> list[dict]:
         rows.append({"stage": "reward model", "measure": "skipped", "value": "—", "baseline": reward["skipped"],
                      "beats baseline": "—"})
     elif "eval_pairs" in reward:  # without held-out pairs there is no accuracy to set beside chance
+        # A stage reused from a run before the length rule was measured has no figure for it.
+        length = (f"; the {reward['length_rule_prefers']} reply always: {reward['length_rule_accuracy']:.3f}"
+                  if reward.get("length_rule_accuracy") is not None else "")
         rows.append({"stage": "reward model", "measure": f"held-out pairwise accuracy ({reward['eval_pairs']} pairs)",
                      "value": f"{reward['pairwise_accuracy']:.3f} ± {reward['standard_error']:.3f}",
-                     "baseline": f"chance 0.5 (a coin reaches {reward['chance_bound']:.3f} at 95 %)",
+                     "baseline": f"chance 0.5 (a coin reaches {reward['chance_bound']:.3f} at 95 %){length}",
                      "beats baseline": verdict(reward["beats_baseline"])})
     ppo = metrics.get("ppo", {})
     if "skipped" in ppo and "skipped" not in reward:

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
-from .baselines import against_chance
+from .baselines import against_chance, length_rule
 from .chat import defuse, measuring_lengths, normalize_messages, prompt_length, prompt_to_messages
 from .data import convert_rows, load_rows
 from .generation import fit_conversation
@@ -94,6 +94,11 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
     return convert_rows(dataset, lambda row: to_preference(row, system_prompt), fits, "Preference")
 
 
+def replies(pairs: Dataset) -> list[tuple[str, str]]:
+    """(chosen, rejected) reply texts: the last message of each (TRL's trainer prepends the prompt to both)."""
+    return [(c[-1]["content"], r[-1]["content"]) for c, r in zip(pairs["chosen"], pairs["rejected"])]
+
+
 class RewardModelling(Stage):
     """Train the RM, report held-out pairwise accuracy against chance, save it (the accuracy in the card)."""
 
@@ -107,6 +112,7 @@ class RewardModelling(Stage):
                                                  args.system_prompt)
         logger.warning("Preference data: %s", dict(self.report))
         train, self.evaluation = hold_out(pairs, args)
+        self.train_replies = replies(train)
         return with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train,
                                               eval_dataset=self.evaluation, processing_class=tokenizer)
 
@@ -118,7 +124,8 @@ class RewardModelling(Stage):
         chance = against_chance(metrics["eval_accuracy"], len(self.evaluation))  # a coin: 0.5 ± 0.5/√n
         return {"pairwise_accuracy": metrics["eval_accuracy"], "eval_loss": metrics["eval_loss"], **summary,
                 "eval_pairs": len(self.evaluation),
-                **{k: chance[k] for k in ("standard_error", "chance_bound", "beats_baseline")}}
+                **{k: chance[k] for k in ("standard_error", "chance_bound", "beats_baseline")},
+                **length_rule(self.train_replies, replies(self.evaluation))}
 
     def write_files(self, trainer: RewardTrainer, metrics: dict) -> None:
         write_json(Path(self.args.output_dir) / "reward_metrics.json", metrics)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_gpt.baselines import against_chance, change_against_noise, ngram_bits_per_byte
+from hf_gpt.baselines import against_chance, change_against_noise, length_rule, ngram_bits_per_byte
 
 
 def test_ngram_bits_per_byte_by_hand():
@@ -40,6 +40,15 @@ def test_against_chance():
          "beats_baseline": False})
     assert against_chance(0.62, 100)["beats_baseline"]
     assert not against_chance(0.475, 230)["beats_baseline"]  # issue #16's reward model: below chance
+
+
+def test_length_rule_takes_the_direction_the_training_pairs_favour():
+    train = [("no", "a long answer"), ("short", "much longer"), ("a much longer one", "brief")]  # shorter wins 2 of 3
+    held_out = [("ok", "longer reply"), ("a long chosen reply", "meh"), ("same", "four")]  # right, wrong, tie
+    assert length_rule(train, held_out) == {"length_rule_prefers": "shorter", "length_rule_accuracy": 1.5 / 3}
+    longer = [(r, c) for c, r in train]
+    assert length_rule(longer, held_out) == {"length_rule_prefers": "longer", "length_rule_accuracy": 1.5 / 3}
+    assert length_rule(longer, [("a long chosen reply", "meh")])["length_rule_accuracy"] == 1.0
 
 
 def test_change_against_noise():

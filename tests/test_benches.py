@@ -59,6 +59,11 @@ def test_ppo_bench_intervals_are_students_t_over_the_seeds():
     assert "2 steps, ours: step-time ratio (ours / TRL) 0.50x (met" in text
     assert "mean gain +2.000 vs +2.000 (met" in text
     assert "2 steps, ours, slower: step-time ratio (ours / TRL) 1.00x (MISSED" in text  # each of ours against TRL
+    # Welch: var of each mean 2/2 = 1, so the difference's half-width is t(df = 2) · √2; here 0 ± 6.085
+    assert bench.difference_interval([1.0, 3.0], [1.0, 3.0]) == pytest.approx((0.0, 4.303 * math.sqrt(2)))
+    assert "difference +0.000 ± 6.085, within the seeds' noise" in text
+    diff, half = bench.difference_interval([5.0, 5.1, 4.9], [1.0, 1.2, 0.8])
+    assert diff == pytest.approx(4.0) and half < diff  # clearly apart
 
 
 def test_ppo_bench_variants_are_ppo_config_fields_read_as_their_types():

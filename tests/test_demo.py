@@ -45,7 +45,7 @@ def test_each_stage_moves_the_right_way(run):
 
 
 def test_report_and_plots(run):
-    out, _ = run
+    out, m = run
     report = (out / "report.md").read_text()
     for heading in ("Pretraining", "SFT", "Reward model", "PPO", "Talking to the final model"):
         assert heading in report
@@ -59,6 +59,9 @@ def test_report_and_plots(run):
     verdicts = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())["baselines"]}
     assert verdicts["pretraining"]["beats baseline"] == "yes" and verdicts["reward model"]["beats baseline"] == "yes"
     assert verdicts["PPO"]["beats baseline"] == "yes"  # the score rose by more than its noise
+    rule = m["reward"]
+    assert verdicts["reward model"]["baseline"].endswith(
+        f"at 95 %); the {rule['length_rule_prefers']} reply always: {rule['length_rule_accuracy']:.3f}")
     assert "Every figure beside its baseline" in report
 
 

@@ -7,11 +7,13 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
+from hf_gpt.baselines import length_rule
 from hf_gpt.chat import text_to_messages
 from hf_gpt.reward import (
     RewardRecipeConfig,
     prepare_preferences,
     render_for_reward,
+    replies,
     to_preference,
     train_reward_model,
 )
@@ -147,3 +149,5 @@ def test_hh_rlhf_reward_model_runs(tokenizer, tmp_path, shared_data, model_folde
         score = lambda ids: model(torch.tensor([ids])).logits[0, 0].item()
         right = [score(row["chosen_ids"]) > score(row["rejected_ids"]) for row in held]
     assert metrics["pairwise_accuracy"] == pytest.approx(sum(right) / len(right))
+    rule = length_rule(replies(trainer.train_dataset), replies(held))  # the shallowest ranker, the same pairs
+    assert {k: metrics[k] for k in rule} == rule and rule["length_rule_prefers"] in ("shorter", "longer")
