@@ -86,7 +86,7 @@ def prepare_preferences(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, ma
         reply = max(len(render_for_reward(tokenizer, pair["prompt"], pair[k][0]["content"])) - prompt
                     for k in ("chosen", "rejected"))
         pair["prompt"], dropped = fit_conversation(tokenizer, pair["prompt"], max_length, reply)
-        longest = prompt_length(tokenizer, pair["prompt"]) + reply
+        longest = (prompt_length(tokenizer, pair["prompt"]) if dropped else prompt) + reply
         if longest > max_length:
             return "dropped: longer than the context", f"{longest} tokens > max_length {max_length}"
         return ("shortened (oldest turns dropped to fit max_length)", None) if dropped else None
@@ -112,7 +112,6 @@ class RewardModelling(Stage):
                                                  args.system_prompt)
         logger.warning("Preference data: %s", dict(self.report))
         train, self.evaluation = hold_out(pairs, args)
-        self.train_replies = replies(train)
         return with_throughput(RewardTrainer)(model=model, args=args, train_dataset=train,
                                               eval_dataset=self.evaluation, processing_class=tokenizer)
 
@@ -125,7 +124,7 @@ class RewardModelling(Stage):
         return {"pairwise_accuracy": metrics["eval_accuracy"], "eval_loss": metrics["eval_loss"], **summary,
                 "eval_pairs": len(self.evaluation),
                 **{k: chance[k] for k in ("standard_error", "chance_bound", "beats_baseline")},
-                **length_rule(self.train_replies, replies(self.evaluation))}
+                **length_rule(replies(trainer.train_dataset), replies(self.evaluation))}
 
     def write_files(self, trainer: RewardTrainer, metrics: dict) -> None:
         write_json(Path(self.args.output_dir) / "reward_metrics.json", metrics)
