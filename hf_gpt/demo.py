@@ -194,9 +194,10 @@ def chat_accuracy(folder: Path, rows: list[dict], samples: int = 4) -> dict[str,
     return results
 
 
-def conversation_accuracy(folder: Path, rows: list[dict]) -> dict[str, float]:
+def conversation_accuracy(folder: Path, rows: list[dict]) -> dict:
     """The questions asked alone, then one after another in one conversation as `hf-gpt chat` sends them (the oldest
-    turns dropped when the context is full): the share answered with the right fact first, each way."""
+    turns dropped when the context is full): the share answered with the right fact first each way, overall and per
+    split, and how many were right only alone (`lost`) or only in the conversation (`gained`)."""
     tokenizer, model = load_model_and_tokenizer(AutoModelForCausalLM, folder)
     ask = lambda messages: complete(model.eval(), tokenizer, [messages], 32, do_sample=False)[0].strip()
     alone = [ask([{"role": "user", "content": r["prompt"]}]).startswith(r["answer"]) for r in rows]
@@ -207,7 +208,16 @@ def conversation_accuracy(folder: Path, rows: list[dict]) -> dict[str, float]:
         reply = ask(messages)
         together.append(reply.startswith(row["answer"]))
         messages.append({"role": "assistant", "content": reply})
-    return {"questions": len(rows), "alone": sum(alone) / len(rows), "in_conversation": sum(together) / len(rows)}
+
+    def shares(picked: list[int]) -> dict:
+        return {"questions": len(picked), "alone": sum(alone[i] for i in picked) / len(picked),
+                "in_conversation": sum(together[i] for i in picked) / len(picked),
+                "lost": sum(alone[i] and not together[i] for i in picked),
+                "gained": sum(together[i] and not alone[i] for i in picked)}
+
+    splits = dict.fromkeys(r["split"] for r in rows)
+    return {**shares(list(range(len(rows)))),
+            "by_split": {s: shares([i for i, r in enumerate(rows) if r["split"] == s]) for s in splits}}
 
 
 def fact_recall(folder: Path, rows: list[dict]) -> dict[str, float]:

@@ -206,3 +206,15 @@ def test_the_report_measures_the_final_model_in_one_long_conversation(run):
     report = (out / "report.md").read_text()
     assert (f"{conversation['in_conversation']:.2f} answered with the right fact first, against "
             f"{conversation['alone']:.2f} when each is asked alone (96 questions)") in report
+    # Per split, the shares and flips add up to the whole, and the report's table shows them.
+    splits = conversation["by_split"]
+    assert sorted(splits) == ["held_out", "seen"] and sum(v["questions"] for v in splits.values()) == 96
+    for key in ("lost", "gained"):
+        assert sum(v[key] for v in splits.values()) == conversation[key]
+    for key in ("alone", "in_conversation"):
+        assert abs(sum(v[key] * v["questions"] for v in splits.values()) / 96 - conversation[key]) < 1e-9
+    change = (conversation["gained"] - conversation["lost"]) / 96
+    assert conversation["in_conversation"] - conversation["alone"] == pytest.approx(change)
+    held = splits["held_out"]
+    assert (f"| held-out (48) | {held['alone']:.2f} | {held['in_conversation']:.2f} | {held['lost']} | "
+            f"{held['gained']} |") in report
