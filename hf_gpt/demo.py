@@ -48,7 +48,7 @@ class Scale:
     documents: int = 3000
     pretrain_steps: int = 2000
     sft_rows: int | None = 2000
-    sft_steps: int = 600
+    sft_steps: int = 1200  # half of the rows are replayed documents (sft_replay_share)
     preference_rows: int | None = 4000
     reward_steps: int = 900
     reward_learning_rate: float = 3e-4
@@ -63,13 +63,16 @@ class Scale:
     pretrain_epochs: float | None = None  # set: train this many epochs (steps from the data size), not *_steps
     sft_epochs: float | None = None  # set: also keep the checkpoint with the best held-out loss
     reward_epochs: float | None = None
+    # The world's SFT also replays pretraining documents (this share of its rows): held-out questions are answered
+    # from what the base model knew, alone and in a conversation (real data: none, their recorded runs did not).
+    sft_replay_share: float | None = 0.5
     sft_baseline: bool = False  # also fine-tune an untrained copy of the base model: does pretraining help?
     ppo_needs_reward_model: bool = True  # skip PPO when the reward model does not beat chance
 
 
 SCALES = {"demo": Scale(),
           # CI's scale: every stage still moves the way tests/test_demo.py asserts.
-          "tiny": Scale(documents=3000, pretrain_steps=450, sft_rows=2000, sft_steps=300, preference_rows=2000,
+          "tiny": Scale(documents=3000, pretrain_steps=450, sft_rows=2000, sft_steps=600, preference_rows=2000,
                         reward_steps=180, ppo_steps=40)}
 
 
@@ -89,12 +92,12 @@ PRESETS = {
     "english": Preset(["tinystories/tinystories_valid_head_paragraphs.jsonl"], ["sft_dolly_2k/dolly_2k.jsonl"],
                       ["pref_hh_rlhf_harmless_test/harmless_base_test.jsonl"],
                       Scale(pretrain_epochs=8, sft_epochs=3, reward_epochs=2, sft_rows=None, preference_rows=None,
-                            context=256, sft_baseline=True),
+                            context=256, sft_baseline=True, sft_replay_share=None),
                       questions=("Tell me a story about a cat.", "What is the capital of France?",
                                  "Give me three tips for sleeping well.")),
     "korean": Preset(["ko_klue_sentences/klue_dev_sentences.jsonl"], ["sft_ko_chatbot/chatbot_qa.jsonl"], None,
                      Scale(pretrain_epochs=4, sft_epochs=2, reward_epochs=2, sft_rows=None, preference_rows=None,
-                           vocab_size=2048, sft_baseline=True),
+                           vocab_size=2048, sft_baseline=True, sft_replay_share=None),
                      no_preferences="../shared/data has no Korean preference pairs: ranking Korean replies with "
                      "English pairs (pref_hh_rlhf) would measure nothing, so the reward model and PPO are skipped. "
                      "Give three sources (DATA=PRETRAIN,SFT,PREFERENCES) with Korean pairs to run them.",
@@ -282,16 +285,17 @@ def pretrain_stage(folder: Path, data: dict, scale: Scale, seed: int = 0) -> dic
 
 
 def sft_stage(folder: Path, base: Path, data: dict, scale: Scale, seed: int = 0, evals: list[dict] = (),
-              system_prompt: str | None = None, accuracy_before: bool = True) -> dict:
-    """Stage 2: SFT from the base model (loss on response tokens only); accuracy before and after when checkable.
-    With epochs, the checkpoint with the lowest held-out loss is the one kept."""
+              system_prompt: str | None = None, accuracy_before: bool = True, replay: dict | None = None) -> dict:
+    """Stage 2: SFT from the base model (loss on response tokens only, and on the documents of `replay` when given);
+    accuracy before and after when checkable. With epochs, the checkpoint with the lowest held-out loss is kept."""
     before = chat_accuracy(base, evals) if evals and accuracy_before else None
     best = {**KEEP_BEST, "metric_for_best_model": "eval_loss"} if scale.sft_epochs else {}
+    replayed = dict(replay_files=replay["data_files"], replay_share=scale.sft_replay_share) if replay else {}
     trainer = sft(SFTRecipeConfig(
         output_dir=str(folder), model_name_or_path=str(base), **data, system_prompt=system_prompt,
         per_device_train_batch_size=16, learning_rate=1e-3, **training_length(scale.sft_steps, scale.sft_epochs, 8),
         logging_steps=10, max_rows=scale.sft_rows, eval_on_start=True, lr_scheduler_type="cosine",
-        **{**pipeline_run_args(seed), **best}))
+        **replayed, **{**pipeline_run_args(seed), **best}))
     history = trainer.state.log_history
     losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     metrics = {"steps": trainer.state.global_step, "epochs": round(trainer.state.epoch, 2),
@@ -418,7 +422,9 @@ class Pipeline:
         evals = world_evaluation(scale) if world_mode else []
         # World rows carry their own system prompts (varied or none); real data get none added.
         self.stage("base", lambda folder: pretrain_stage(folder, data["pretrain"], scale, seed))
-        self.stage("sft", lambda folder: sft_stage(folder, out / "base", data["sft"], scale, seed, evals))
+        replay = data["pretrain"] if world_mode and scale.sft_replay_share else None
+        self.stage("sft", lambda folder: sft_stage(folder, out / "base", data["sft"], scale, seed, evals,
+                                                   replay=replay))
         if scale.sft_baseline:
             self.stage("sft_scratch",
                        lambda folder: sft_scratch_stage(folder, out / "base", data["sft"], scale, seed, evals))

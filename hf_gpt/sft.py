@@ -7,10 +7,14 @@ Design choices:
   format, so the fine-tuned model is a chat model: `hf-gpt chat`, pipelines and `transformers serve` just work.
 - Bad rows are skipped and counted with their row number and field, never a traceback from inside TRL; rows whose
   prompt fills the whole context are dropped (no response token would be left to learn from) and counted too.
+- Replay (`replay_files`): plain pretraining documents mixed into the training rows, loss on every token, as
+  InstructGPT mixes pretraining gradients into RL. Fine-tuning on a few thousand chats otherwise wears away what the
+  base model knew as plain text; questions the chats never asked are answered from that knowledge.
 """
 
 import json
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from .chat import defuse, measuring_lengths, normalize_messages, prompt_length, with_system_prompt
-from .data import convert_rows, load_rows
+from .data import convert_rows, load_documents, load_rows
 from .generation import complete, fit_conversation
 from .stage import (
     ChatConfig,
@@ -44,6 +48,11 @@ class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
     validation_fraction: float = field(default=0.1, metadata={"help": "Rows held out for eval loss and samples."})
     num_sample_answers: int = field(default=4, metadata={"help": "Held-out prompts answered at the end."})
     merge_adapter: bool = field(default=False, metadata={"help": "Also save the LoRA-merged model in merged/."})
+    replay_files: list[str] | None = field(default=None, metadata={"help": "Plain-text documents (pretraining's "
+                                           ".txt/.jsonl files) mixed into the training rows to keep what the base "
+                                           "model knew."})
+    replay_share: float = field(default=0.5, metadata={"help": "Share of training rows that are replayed documents "
+                                                                "(with replay_files)."})
     # Defaults that differ from SFTConfig's.
     output_dir: str = field(default="runs/sft", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
@@ -56,6 +65,16 @@ class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
 
+    def __post_init__(self):
+        if not 0 < self.replay_share < 1:
+            raise ValueError(f"replay_share must be between 0 and 1 (the share of replayed rows), got "
+                             f"{self.replay_share}.")
+        if self.replay_share != 0.5 and not self.replay_files:
+            raise ValueError("replay_share needs replay_files (the plain-text documents to replay).")
+        if self.replay_files and False in (self.assistant_only_loss, self.completion_only_loss):
+            raise ValueError("With replay_files the loss counts the replies and the documents only: leave "
+                             "assistant_only_loss and completion_only_loss unset.")
+        super().__post_init__()
 
 
 # ------------------------------------------------------------------ formats
@@ -151,6 +170,40 @@ def _lengths(example: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[int, in
     return len(_ids(prompt)), len(_ids(full))
 
 
+def as_token_rows(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
+    """Conversations as token ids with a mask of the tokens that count (the assistant turns, as
+    `assistant_only_loss`), cut to max_length."""
+    rows = []
+    for example in dataset:
+        messages = example["messages"] if "messages" in example else example["prompt"] + example["completion"]
+        out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        rows.append({"input_ids": out["input_ids"][:max_length],
+                     "completion_mask": out["assistant_masks"][:max_length]})
+    return rows
+
+
+def with_replay(train: Dataset, documents: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                share: float, seed: int) -> tuple[Dataset, int]:
+    """The chat rows (`as_token_rows`) and `share` of rows that are documents, every token counting (as in
+    pretraining, after an eos); documents are reused in turn when there are too few and cut to max_length when too
+    long. Returns the rows and how many are documents."""
+    rows = as_token_rows(train, tokenizer, max_length)
+    wanted = round(len(rows) * share / (1 - share))
+    order = random.Random(seed).sample(range(len(documents)), len(documents))
+    for i in range(wanted):
+        ids = tokenizer(documents[order[i % len(order)]], add_special_tokens=False, split_special_tokens=True)
+        ids = [tokenizer.eos_token_id, *ids["input_ids"], tokenizer.eos_token_id][:max_length]
+        rows.append({"input_ids": ids, "completion_mask": [0] + [1] * (len(ids) - 1)})
+    return Dataset.from_list(rows).shuffle(seed=seed), wanted
+
+
+def replay_documents(args: SFTRecipeConfig) -> list[str]:
+    documents = [d for d in load_documents(args.replay_files)["train"]["text"] if d and d.strip()]
+    if not documents:
+        raise ValueError(f"replay_files {args.replay_files} hold no text to replay.")
+    return documents
+
+
 def _ids(output) -> list[int]:
     return output["input_ids"] if isinstance(output, dict) or hasattr(output, "keys") else output
 
@@ -176,12 +229,20 @@ class SupervisedFineTuning(Stage):
         tokenizer, model = load_starting_model(args, AutoModelForCausalLM, "a pretrained hf_gpt folder or Hub id")
         rows, self.report = prepare_sft_dataset(load_rows(args), tokenizer, fit_max_length(args, model),
                                                 args.system_prompt)
-        logger.warning("SFT data: %s", dict(self.report))
         train, self.evaluation = hold_out(rows, args)
-        if args.assistant_only_loss is None:  # conversations learn from the assistant turns; TRL's own default
+        evaluation = self.evaluation
+        if args.replay_files:  # token ids with a mask of the tokens that count, so chats and documents mix
+            max_length = fit_max_length(args, model)
+            train, self.report["replayed documents"] = with_replay(
+                train, replay_documents(args), tokenizer, max_length, args.replay_share, args.seed)
+            if evaluation is not None:  # its loss on the assistant turns, as without replay
+                evaluation = Dataset.from_list(as_token_rows(evaluation, tokenizer, max_length))
+            args.assistant_only_loss, args.completion_only_loss = False, True
+        elif args.assistant_only_loss is None:  # conversations learn from the assistant turns; TRL's own default
             args.assistant_only_loss = "messages" in rows.column_names  # (None) does so for prompt/completion
+        logger.warning("SFT data: %s", dict(self.report))
         return with_throughput(SFTTrainer)(model=model, args=args, train_dataset=train,
-                                           eval_dataset=self.evaluation, processing_class=tokenizer,
+                                           eval_dataset=evaluation, processing_class=tokenizer,
                                            peft_config=peft_config(args))
 
     def evaluate(self, trainer: SFTTrainer) -> dict:

@@ -39,10 +39,11 @@ LECTURE_SYSTEM_PROMPT = "You are a logical and concise assistant."
 TRAINING_SYSTEM_PROMPTS = (None, None, SYSTEM_PROMPT, LECTURE_SYSTEM_PROMPT, "한 문장으로 답하세요.")
 EVAL_SYSTEM_PROMPTS = (None, LECTURE_SYSTEM_PROMPT, "Be brief and correct.")  # the last one never trained on
 RAMBLING_DEMONSTRATIONS = 0.6  # share of SFT demonstrations that add a second, unasked-for fact
-# A conversation in `hf-gpt chat` keeps as many earlier exchanges as the context holds (3–4 at 128 tokens), so half
-# of the demonstrations come after some (SFT drops the oldest of those that outgrow the context, as the chat does).
+# A conversation in `hf-gpt chat` keeps as many earlier exchanges as the context holds (up to six one-sentence ones at
+# 128 tokens), so half of the demonstrations come after up to six (SFT drops the oldest of those that outgrow the
+# context, as the chat does).
 MULTI_TURN_DEMONSTRATIONS = 0.5  # share of SFT demonstrations that follow earlier exchanges
-MAX_EARLIER_EXCHANGES = 4  # at most this many exchanges before the last question
+MAX_EARLIER_EXCHANGES = 6  # at most this many exchanges before the last question
 
 _SINO_KOREAN_DIGITS = "영일이삼사오육칠팔구"
 

@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,55 @@ def test_loss_is_cross_entropy_over_response_tokens(saved_model, tmp_path):
     every = batch["input_ids"][:, 1:].masked_fill(~batch["attention_mask"][:, 1:].bool(), -100)
     all_tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), every)
     assert all_tokens.item() != pytest.approx(loss.item(), rel=1e-3)  # and it is not the all-token loss
+
+
+def replay_args(tmp_path, model: Path, chats: list[dict], **kw) -> SFTRecipeConfig:
+    documents = [{"text": "The capital of Peru is Lima."}, {"text": "Rome is a big city. " * 40}, {"text": " "}]
+    tmp_path.mkdir(exist_ok=True)
+    files = [str(write_jsonl(tmp_path / "docs.jsonl", documents))]
+    return config(tmp_path, write_jsonl(tmp_path / "d.jsonl", chats), model, **{"replay_files": files, **kw})
+
+
+def test_replay_mixes_documents_into_the_chats_with_their_own_loss(saved_model, tokenizer, tmp_path):
+    """Half the rows are documents (reused in turn, the long one cut to the context), every token after their eos a
+    label; the chats keep the loss on their assistant turns only."""
+    args = replay_args(tmp_path, saved_model, [MULTI_TURN] * 6, per_device_train_batch_size=3)
+    stage = SupervisedFineTuning(args)
+    trainer = stage.build(None)
+    assert stage.report["replayed documents"] == 6 and len(trainer.train_dataset) == 12
+    eos, chats, documents = tokenizer.eos_token_id, 0, Counter()
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            real, kept = ids[mask.bool()].tolist(), [t for t in labels.tolist() if t != -100]
+            if real[0] == tokenizer.bos_token_id:
+                chats += 1
+                assert kept == tokenizer("4").input_ids + [eos] + tokenizer("6").input_ids + [eos]
+            else:
+                assert real[0] == eos and kept == real[1:] and len(real) <= args.max_length
+                documents[tokenizer.decode(real[1:4])] += 1
+    assert chats == 6 and sorted(documents.values()) == [3, 3]  # two documents with text, three times each
+
+
+def test_replay_keeps_the_eval_loss_on_the_held_out_replies(saved_model, tokenizer, tmp_path):
+    """The held-out chats are the same rows, scored on the same tokens, with replay or without."""
+    chats = [{"messages": [{"role": "user", "content": f"What is {i} plus 1?"},
+                           {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."}]} for i in range(10)]
+    losses = []
+    for replay in (True, False):
+        args = replay_args(tmp_path / str(replay), saved_model, chats, validation_fraction=0.3,
+                           eval_strategy="steps", **({} if replay else {"replay_files": None}))
+        losses.append(SupervisedFineTuning(args).build(None).evaluate()["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(replay_share=1.0), "replay_share must be between 0 and 1"),
+    (dict(replay_share=0.3, replay_files=None), "replay_share needs replay_files"),
+    (dict(assistant_only_loss=False), "leave assistant_only_loss and completion_only_loss unset"),
+])
+def test_a_replay_setting_that_cannot_work_is_refused_when_parsed(saved_model, tmp_path, kw, says):
+    with pytest.raises(ValueError, match=says):
+        replay_args(tmp_path, saved_model, [MULTI_TURN], **kw)
 
 
 CAPITALS = {"Korea": "Seoul", "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Egypt": "Cairo",
