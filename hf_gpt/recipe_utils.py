@@ -165,3 +165,14 @@ def run_cli(main: Callable[[], object], prefix: str = "error") -> None:
             sys.exit(f"{prefix}: no space left on device writing {err.filename or '.'}: free ~"
                      f"{free_megabytes(Path(err.filename or '.').parent)} MB there.")
         raise
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down the process group of `accelerate launch` before the interpreter exits: left to exit, a rank's
+    communication threads may be destroyed while running and abort it (SIGABRT) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -193,6 +193,7 @@ class RunFolder:
         self.begun = False
         self._lock = None
         self._created = self._lock_existed = False
+        self._new_parents: list[Path] = []
 
     # -- entering: lock and decide, nothing written but the lock
 
@@ -222,6 +223,7 @@ class RunFolder:
 
     def _take_lock(self) -> None:
         self._created = not self.out.exists()
+        self._new_parents = [parent for parent in self.out.parents if not parent.exists()]  # nearest first
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"output_dir {self.out} is a file, not a folder: give a folder path.")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -336,6 +338,11 @@ class RunFolder:
     def _leave(self, failed: bool) -> None:
         if self.state.is_main_process and failed and not self.begun and self._created:
             shutil.rmtree(self.out, ignore_errors=True)  # a run that failed before training leaves nothing behind
+            for parent in self._new_parents:  # nor the folders made for it, unless another run has used them since
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         if self._lock is not None:
             if not self.begun and not self._lock_existed:  # a refused run leaves the folder as it found it
                 (self.out / LOCK).unlink(missing_ok=True)

@@ -71,6 +71,9 @@ class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
                              f"{self.replay_share}.")
         if self.replay_share != 0.5 and not self.replay_files:
             raise ValueError("replay_share needs replay_files (the plain-text documents to replay).")
+        if missing := [f for f in self.replay_files or () if not Path(f).is_file()]:
+            raise FileNotFoundError(f"replay_files: no file at {', '.join(missing)} (give pretraining's .txt or "
+                                    ".jsonl files).")
         if self.replay_files and False in (self.assistant_only_loss, self.completion_only_loss):
             raise ValueError("With replay_files the loss counts the replies and the documents only: leave "
                              "assistant_only_loss and completion_only_loss unset.")

@@ -92,10 +92,15 @@ def test_any_folder_holding_a_model_is_finished(finished, tmp_path, one_line, te
 
 
 def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, one_line, text):
-    out = tmp_path / "new" / "model"
+    """Neither its output folder nor the folders made for it; a folder another run has put something in since stays."""
+    out = tmp_path / "runs" / "new" / "model"
     one_line("sft", ["--model_name_or_path", str(tmp_path / "nowhere"), "--data_files", str(text),
                      "--output_dir", str(out)])
-    assert not out.exists()
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    one_line("sft", ["--model_name_or_path", str(tmp_path / "nowhere"), "--data_files", str(text),
+                     "--output_dir", str(out)])
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["other"]
 
 
 # ------------------------------------------------------------------ one run at a time

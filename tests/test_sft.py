@@ -191,9 +191,10 @@ def test_replay_keeps_the_eval_loss_on_the_held_out_replies(saved_model, tokeniz
     (dict(replay_share=1.0), "replay_share must be between 0 and 1"),
     (dict(replay_share=0.3, replay_files=None), "replay_share needs replay_files"),
     (dict(assistant_only_loss=False), "leave assistant_only_loss and completion_only_loss unset"),
+    (dict(replay_files=["nowhere.jsonl"]), "replay_files: no file at nowhere.jsonl"),
 ])
 def test_a_replay_setting_that_cannot_work_is_refused_when_parsed(saved_model, tmp_path, kw, says):
-    with pytest.raises(ValueError, match=says):
+    with pytest.raises((ValueError, FileNotFoundError), match=says):
         replay_args(tmp_path, saved_model, [MULTI_TURN], **kw)
 
 
