@@ -51,8 +51,8 @@ class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
     replay_files: list[str] | None = field(default=None, metadata={"help": "Plain-text documents (pretraining's "
                                            ".txt/.jsonl files) mixed into the training rows to keep what the base "
                                            "model knew."})
-    replay_share: float = field(default=0.5, metadata={"help": "Share of training rows that are replayed documents "
-                                                                "(with replay_files)."})
+    replay_share: float | None = field(default=None, metadata={"help": "Share of training rows that are replayed "
+                                                                       "documents (with replay_files; default 0.5)."})
     # Defaults that differ from SFTConfig's.
     output_dir: str = field(default="runs/sft", metadata={"help": "Where checkpoints and the model go."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
@@ -66,10 +66,10 @@ class SFTRecipeConfig(ChatConfig, LoraConfigFields, SFTConfig):
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs)."})
 
     def __post_init__(self):
-        if not 0 < self.replay_share < 1:
+        if self.replay_share is not None and not 0 < self.replay_share < 1:
             raise ValueError(f"replay_share must be between 0 and 1 (the share of replayed rows), got "
                              f"{self.replay_share}.")
-        if self.replay_share != 0.5 and not self.replay_files:
+        if self.replay_share is not None and not self.replay_files:
             raise ValueError("replay_share needs replay_files (the plain-text documents to replay).")
         if missing := [f for f in self.replay_files or () if not Path(f).is_file()]:
             raise FileNotFoundError(f"replay_files: no file at {', '.join(missing)} (give pretraining's .txt or "
@@ -235,11 +235,10 @@ class SupervisedFineTuning(Stage):
         train, self.evaluation = hold_out(rows, args)
         evaluation = self.evaluation
         if args.replay_files:  # token ids with a mask of the tokens that count, so chats and documents mix
-            max_length = fit_max_length(args, model)
             train, self.report["replayed documents"] = with_replay(
-                train, replay_documents(args), tokenizer, max_length, args.replay_share, args.seed)
+                train, replay_documents(args), tokenizer, args.max_length, args.replay_share or 0.5, args.seed)
             if evaluation is not None:  # its loss on the assistant turns, as without replay
-                evaluation = Dataset.from_list(as_token_rows(evaluation, tokenizer, max_length))
+                evaluation = Dataset.from_list(as_token_rows(evaluation, tokenizer, args.max_length))
             args.assistant_only_loss, args.completion_only_loss = False, True
         elif args.assistant_only_loss is None:  # conversations learn from the assistant turns; TRL's own default
             args.assistant_only_loss = "messages" in rows.column_names  # (None) does so for prompt/completion

@@ -189,7 +189,7 @@ def test_replay_keeps_the_eval_loss_on_the_held_out_replies(saved_model, tokeniz
 
 @pytest.mark.parametrize("kw, says", [
     (dict(replay_share=1.0), "replay_share must be between 0 and 1"),
-    (dict(replay_share=0.3, replay_files=None), "replay_share needs replay_files"),
+    (dict(replay_share=0.5, replay_files=None), "replay_share needs replay_files"),
     (dict(assistant_only_loss=False), "leave assistant_only_loss and completion_only_loss unset"),
     (dict(replay_files=["nowhere.jsonl"]), "replay_files: no file at nowhere.jsonl"),
 ])
