@@ -1,7 +1,6 @@
 import copy
 import json
 import math
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,14 @@ from transformers import AutoModelForCausalLM
 
 from hf_gpt import HfGptForCausalLM
 from hf_gpt.generation import complete
-from hf_gpt.sft import SFTRecipeConfig, SupervisedFineTuning, prepare_sft_dataset, sft, to_conversation
+from hf_gpt.sft import (
+    SFTRecipeConfig,
+    SupervisedFineTuning,
+    prepare_sft_dataset,
+    replay_blocks,
+    sft,
+    to_conversation,
+)
 
 MULTI_TURN = {"messages": [
     {"role": "system", "content": "Be brief."},
@@ -155,14 +161,15 @@ def replay_args(tmp_path, model: Path, chats: list[dict], **kw) -> SFTRecipeConf
     return config(tmp_path, write_jsonl(tmp_path / "d.jsonl", chats), model, **{"replay_files": files, **kw})
 
 
-def test_replay_mixes_documents_into_the_chats_with_their_own_loss(saved_model, tokenizer, tmp_path):
-    """Half the rows are documents (reused in turn, the long one cut to the context), every token after their eos a
-    label; the chats keep the loss on their assistant turns only."""
-    args = replay_args(tmp_path, saved_model, [MULTI_TURN] * 6, per_device_train_batch_size=3)
+def test_replay_mixes_blocks_of_pretraining_text_into_the_chats_with_their_own_loss(saved_model, tokenizer,
+                                                                                   tmp_path):
+    """`replay_share` of the rows are blocks of max_length tokens, every token a label; the chats keep the loss on
+    their assistant turns only."""
+    args = replay_args(tmp_path, saved_model, [MULTI_TURN] * 6, per_device_train_batch_size=3, replay_share=0.5)
     stage = SupervisedFineTuning(args)
     trainer = stage.build(None)
-    assert stage.report["replayed documents"] == 6 and len(trainer.train_dataset) == 12
-    eos, chats, documents = tokenizer.eos_token_id, 0, Counter()
+    assert stage.report["replayed blocks"] == 6 and len(trainer.train_dataset) == 12
+    eos, chats, blocks = tokenizer.eos_token_id, 0, 0
     for batch in trainer.get_train_dataloader():
         for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
             real, kept = ids[mask.bool()].tolist(), [t for t in labels.tolist() if t != -100]
@@ -170,9 +177,28 @@ def test_replay_mixes_documents_into_the_chats_with_their_own_loss(saved_model, 
                 chats += 1
                 assert kept == tokenizer("4").input_ids + [eos] + tokenizer("6").input_ids + [eos]
             else:
-                assert real[0] == eos and kept == real[1:] and len(real) <= args.max_length
-                documents[tokenizer.decode(real[1:4])] += 1
-    assert chats == 6 and sorted(documents.values()) == [3, 3]  # two documents with text, three times each
+                blocks += 1
+                assert kept == real and len(real) == args.max_length
+    assert (chats, blocks) == (6, 6)
+
+
+def test_replay_blocks_are_the_documents_joined_by_eos_and_packed(tokenizer):
+    """Pretraining's packing: each document followed by eos, in one shuffled order read again in turn, cut into
+    blocks of exactly block_size tokens."""
+    documents = ["The capital of Peru is Lima.", "Rome is a big city. " * 3, "3 plus 4 is 7."]
+    blocks = replay_blocks(documents, tokenizer, 16, 20, seed=0)
+    assert len(blocks) == 20 and {len(b) for b in blocks} == {16}
+    stream, segments, piece = [t for b in blocks for t in b], [], []
+    for token in stream:
+        if token == tokenizer.eos_token_id:
+            segments.append(piece)
+            piece = []
+        else:
+            piece.append(token)
+    ids = sorted(tokenizer(d, add_special_tokens=False).input_ids for d in documents)
+    assert sorted(segments[:3]) == ids  # every document once per round
+    assert segments[3:] == (segments[:3] * 6)[:len(segments) - 3]  # then again in the same order
+    assert 20 * 16 // sum(len(i) + 1 for i in ids) >= 2  # the rounds above were really repeated
 
 
 def test_replay_keeps_the_eval_loss_on_the_held_out_replies(saved_model, tokenizer, tmp_path):
