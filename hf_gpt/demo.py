@@ -48,7 +48,7 @@ class Scale:
     documents: int = 3000
     pretrain_steps: int = 2000
     sft_rows: int | None = 2000
-    sft_steps: int = 1200  # a third of the rows are blocks of replayed text (sft_replay_share)
+    sft_steps: int = 1200  # a quarter of the rows are blocks of replayed text (sft_replay_share)
     preference_rows: int | None = 4000
     reward_steps: int = 900
     reward_learning_rate: float = 3e-4
@@ -65,7 +65,7 @@ class Scale:
     reward_epochs: float | None = None
     # The world's SFT also replays blocks of pretraining text (this share of its rows): held-out questions are answered
     # from what the base model knew, alone and in a conversation (real data: none, their recorded runs did not).
-    sft_replay_share: float | None = 1 / 3
+    sft_replay_share: float | None = 0.25
     sft_baseline: bool = False  # also fine-tune an untrained copy of the base model: does pretraining help?
     ppo_needs_reward_model: bool = True  # skip PPO when the reward model does not beat chance
 
