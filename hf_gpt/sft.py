@@ -198,8 +198,9 @@ def replay_blocks(documents: list[str], tokenizer: PreTrainedTokenizerBase, bloc
     they give too few) joined by eos and cut into blocks of block_size tokens. Packed, the facts sit at every position
     of the context, as they do in a long conversation, and an eos is seen to end what came before it."""
     order = random.Random(seed).sample(documents, len(documents))
-    tokens = (tokenizer(d, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-              for d in itertools.cycle(order))  # only as many as the blocks need: a corpus may be large
+    # Tokenised lazily, as many as the blocks need (a corpus may be large); cycle() keeps them for the next round.
+    tokens = itertools.cycle(tokenizer(d, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                             for d in order)
     return list(itertools.islice(pack_into_blocks(tokens, block_size, tokenizer.eos_token_id), count))
 
 
