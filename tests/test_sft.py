@@ -182,6 +182,11 @@ def test_replay_mixes_blocks_of_pretraining_text_into_the_chats_with_their_own_l
     assert (chats, blocks) == (6, 6)
 
 
+def test_replay_share_defaults_to_a_quarter_of_the_rows(saved_model, tmp_path):
+    stage = SupervisedFineTuning(replay_args(tmp_path, saved_model, [MULTI_TURN] * 6))
+    assert len(stage.build(None).train_dataset) == 8 and stage.report["replayed blocks"] == 2  # 6 chats, 2 blocks
+
+
 def test_replay_blocks_are_the_documents_joined_by_eos_and_packed(tokenizer):
     """Pretraining's packing: each document followed by eos, in one shuffled order read again in turn, cut into
     blocks of exactly block_size tokens."""
